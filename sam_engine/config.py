@@ -1,0 +1,149 @@
+"""One typed config object for the whole engine, with profiles and environment overrides.
+
+Profiles: ``smoke`` (tests, seconds), ``default`` (``make run`` on a 2-core CPU), ``scale`` (bigger images and
+model, real data, GPU when present). Override order: profile defaults < ``SAM_ENGINE_*`` environment variables <
+explicit ``overrides`` (for example Dagster run config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROFILES = ("smoke", "default", "scale")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusConfig(_Section):
+    """Sizes and shapes of the generated corpora (the embedded default)."""
+
+    public_images: int = 2000
+    pool_images: int = 2000
+    gold_images: int = 200
+    public_val_fraction: float = 0.1
+    public_size: tuple[int, int] = (160, 256)  # min/max side in pixels
+    pool_size: tuple[int, int] = (192, 320)
+    regions: int = 6
+    max_pixels: int = 64_000_000
+    # Real data: when set, these replace the generated corpora.
+    public_coco_json: str | None = None
+    public_images_dir: str | None = None
+    pool_images_dir: str | None = None
+    pool_gt_json: str | None = None
+
+
+class ModelSection(_Section):
+    name: str = "tiny"  # a key of sam_engine.model.MODEL_CONFIGS
+    checkpoint: str | None = None  # optional starting checkpoint (own format or official SAM)
+
+
+class TrainSection(_Section):
+    max_minutes: float = 10.0
+    max_steps: int = 4000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    finetune_steps: int = 600
+    finetune_lr: float = 3e-4
+    num_workers: int = 0
+    device: str = "auto"
+
+
+class EngineConfig(_Section):
+    """The whole engine's configuration."""
+
+    profile: Literal["smoke", "default", "scale"] = "default"
+    seed: int = 0
+    data_dir: Path = REPO_ROOT / "data"
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    # Folders under data_dir.
+    @property
+    def corpora_dir(self) -> Path:
+        return self.data_dir / "corpora"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.data_dir / "shards"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "quality.duckdb"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_dir(self) -> Path:
+        return self.data_dir / "mlartifacts"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+
+_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "corpus": {"public_images": 32, "pool_images": 40, "gold_images": 10, "public_size": (96, 128),
+                   "pool_size": (96, 144), "regions": 5},
+        "train": {"max_minutes": 0.5, "max_steps": 20, "batch_size": 4, "finetune_steps": 10, "warmup_steps": 2},
+    },
+    "default": {},
+    "scale": {
+        "corpus": {"public_images": 20000, "pool_images": 50000, "gold_images": 1000, "public_size": (384, 640),
+                   "pool_size": (512, 1024)},
+        "model": {"name": "vit_b"},
+        "train": {"max_minutes": 600.0, "max_steps": 100000, "batch_size": 32, "num_workers": 8},
+    },
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(profile: str | None = None, overrides: dict[str, Any] | None = None) -> EngineConfig:
+    """Build the config for ``profile`` (default: ``$SAM_ENGINE_PROFILE`` or ``default``)."""
+    profile = profile or os.environ.get("SAM_ENGINE_PROFILE", "default")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    values: dict[str, Any] = _merge({"profile": profile}, _PROFILE_DEFAULTS[profile])
+    env: dict[str, Any] = {}
+    if "SAM_ENGINE_DATA_DIR" in os.environ:
+        env["data_dir"] = os.environ["SAM_ENGINE_DATA_DIR"]
+    if "SAM_ENGINE_SEED" in os.environ:
+        env["seed"] = int(os.environ["SAM_ENGINE_SEED"])
+    if os.environ.get("SAM_ENGINE_OVERRIDES"):
+        env = _merge(env, json.loads(os.environ["SAM_ENGINE_OVERRIDES"]))
+    values = _merge(values, env)
+    if overrides:
+        values = _merge(values, overrides)
+    cfg = EngineConfig.model_validate(values)
+    cfg.data_dir = Path(cfg.data_dir).resolve()
+    return cfg
