@@ -104,14 +104,31 @@ class EngineConfig(_Section):
 
 _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": {
-        "corpus": {"public_images": 32, "pool_images": 40, "gold_images": 10, "public_size": (96, 128),
-                   "pool_size": (96, 144), "regions": 5},
-        "train": {"max_minutes": 0.5, "max_steps": 20, "batch_size": 4, "finetune_steps": 10, "warmup_steps": 2},
+        "corpus": {
+            "public_images": 32,
+            "pool_images": 40,
+            "gold_images": 10,
+            "public_size": (96, 128),
+            "pool_size": (96, 144),
+            "regions": 5,
+        },
+        "train": {
+            "max_minutes": 0.5,
+            "max_steps": 20,
+            "batch_size": 4,
+            "finetune_steps": 10,
+            "warmup_steps": 2,
+        },
     },
     "default": {},
     "scale": {
-        "corpus": {"public_images": 20000, "pool_images": 50000, "gold_images": 1000, "public_size": (384, 640),
-                   "pool_size": (512, 1024)},
+        "corpus": {
+            "public_images": 20000,
+            "pool_images": 50000,
+            "gold_images": 1000,
+            "public_size": (384, 640),
+            "pool_size": (512, 1024),
+        },
         "model": {"name": "vit_b"},
         "train": {"max_minutes": 600.0, "max_steps": 100000, "batch_size": 32, "num_workers": 8},
     },

@@ -1,0 +1,55 @@
+# sam-engine: `make run` materializes the whole engine and prints the report; `make test` runs the suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+DATA_DIR ?= $(CURDIR)/data
+PROFILE ?= default
+export SAM_ENGINE_DATA_DIR := $(abspath $(DATA_DIR))
+export DAGSTER_HOME := $(SAM_ENGINE_DATA_DIR)/dagster_home
+export MLFLOW_TRACKING_URI := sqlite:///$(SAM_ENGINE_DATA_DIR)/mlflow.db
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv run ui test bench annotate lint mlflow-ui dagster-home chromium clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+dagster-home:
+	@mkdir -p $(DAGSTER_HOME)
+	@cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# System Chromium for the browser tests (Debian package); skipped with a note when it cannot be installed.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "note: could not install chromium; browser tests will be skipped"; \
+	  else echo "note: chromium missing and not root; browser tests will be skipped"; fi; }
+
+run: venv dagster-home
+	$(PY) -m jobs.run_engine --profile $(PROFILE)
+
+ui: venv dagster-home
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: venv
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+annotate: venv
+	$(PY) -m sam_engine.annotation --host 127.0.0.1 --port 8765 --data-dir $(SAM_ENGINE_DATA_DIR)
+
+test: venv chromium
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m benchmarks.run_all
+
+lint: venv
+	$(VENV)/bin/ruff check sam_engine assets jobs tests benchmarks tools
+
+clean:
+	rm -rf $(SAM_ENGINE_DATA_DIR)

@@ -1,0 +1,317 @@
+"""COCO instances: a writer, and a validating reader that quarantines bad records and keeps the rest.
+
+The reader accepts polygons, compressed RLE and uncompressed (crowd) RLE and normalises every
+segmentation to compressed RLE with ``str`` counts. A record is quarantined, never silently dropped, when
+it is malformed: missing keys, wrong types, duplicate ids, an annotation whose image is missing or was
+quarantined, an RLE whose size differs from its image, a polygon of fewer than 3 points, a bbox outside the
+image, an empty mask, or a ``file_name`` that escapes the dataset folder. Image files are checked too
+(missing, truncated or corrupt, zero-size, over the pixel limit, size differing from the JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import atomic_write_json
+from . import rle as rle_utils
+from .corpus import ImageRecord, MaskCorpus
+from .errors import DataError, Quarantine
+from .images import DEFAULT_MAX_PIXELS, image_size, load_image, safe_join
+
+CATEGORIES = [{"id": 1, "name": "object", "supercategory": "object"}]
+
+
+def write_coco(
+    path: str | Path,
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[dict] | None = None,
+    info: dict | None = None,
+) -> None:
+    """Write a COCO instances file atomically."""
+    doc: dict[str, Any] = {
+        "info": info or {"description": "sam-engine corpus"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories or CATEGORIES,
+    }
+    atomic_write_json(path, doc)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _check_image(
+    file: str, rec: Any, idx: int, images_dir: Path, max_pixels: int, verify: bool
+) -> ImageRecord:
+    if not isinstance(rec, dict):
+        raise DataError(file, f"images[{idx}]", "images", f"expected an object, got {type(rec).__name__}")
+    for key in ("id", "file_name", "width", "height"):
+        if key not in rec:
+            raise DataError(file, f"images[{idx}]", key, "missing key")
+    rid = rec["id"]
+    if not _is_int(rid):
+        raise DataError(file, f"images[{idx}]", "id", f"expected an integer, got {rid!r}")
+    where = f"image {rid}"
+    if not isinstance(rec["file_name"], str):
+        raise DataError(file, where, "file_name", f"expected a string, got {type(rec['file_name']).__name__}")
+    for key in ("width", "height"):
+        if not _is_int(rec[key]) or rec[key] <= 0:
+            raise DataError(file, where, key, f"expected a positive integer, got {rec[key]!r}")
+    try:
+        path = safe_join(images_dir, rec["file_name"])
+    except DataError as e:
+        raise DataError(file, where, "file_name", e.message) from e
+    try:
+        w, h = image_size(path, max_pixels)
+        if verify:
+            load_image(path, max_pixels)
+    except DataError as e:
+        raise DataError(path, where, e.field, e.message) from e
+    if (w, h) != (rec["width"], rec["height"]):
+        raise DataError(
+            file,
+            where,
+            "width/height",
+            f"JSON says {rec['width']}x{rec['height']} but the image file is {w}x{h}",
+        )
+    region = rec.get("region")
+    return ImageRecord(
+        image_id=int(rid),
+        path=path,
+        width=w,
+        height=h,
+        file_name=rec["file_name"],
+        region=region if isinstance(region, str) else None,
+    )
+
+
+def _normalise_segmentation(file: str, where: str, seg: Any, h: int, w: int) -> dict:
+    if isinstance(seg, list):
+        if not seg:
+            raise DataError(file, where, "segmentation", "empty polygon list")
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+                raise DataError(file, where, f"segmentation[{k}]", "polygon must be a list of numbers")
+            if len(poly) < 6 or len(poly) % 2:
+                raise DataError(
+                    file,
+                    where,
+                    f"segmentation[{k}]",
+                    f"polygon needs at least 3 (x, y) points, got {len(poly) / 2:g}",
+                )
+        return rle_utils.polygons_to_rle(seg, h, w)
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise DataError(file, where, "segmentation.size", f"expected [height, width], got {size!r}")
+        if list(size) != [h, w]:
+            raise DataError(
+                file,
+                where,
+                "segmentation.size",
+                f"RLE size {list(size)} differs from its image's [height, width] [{h}, {w}]",
+            )
+        if isinstance(counts, list):
+            if not all(_is_int(v) and v >= 0 for v in counts):
+                raise DataError(
+                    file, where, "segmentation.counts", "uncompressed counts must be non-negative ints"
+                )
+            if sum(counts) != h * w:
+                raise DataError(
+                    file,
+                    where,
+                    "segmentation.counts",
+                    f"counts cover {sum(counts)} pixels, the image has {h * w}",
+                )
+            rle = rle_utils.encode(rle_utils.decode({"size": size, "counts": counts}))
+        elif isinstance(counts, str):
+            rle = {"size": [h, w], "counts": counts}
+            check_compressed_rle(file, where, rle)
+        else:
+            raise DataError(file, where, "segmentation.counts", "expected a string or a list of ints")
+        return rle
+    raise DataError(file, where, "segmentation", f"expected polygons or RLE, got {type(seg).__name__}")
+
+
+def check_compressed_rle(file: str, where: str, rle: dict) -> None:
+    """Reject compressed RLE strings whose runs do not cover exactly height x width pixels."""
+    counts = rle["counts"]
+    if not counts.isascii() or any(ord(c) < 48 or ord(c) > 111 for c in counts):
+        raise DataError(file, where, "segmentation.counts", "not a COCO compressed RLE string")
+    total = sum(decode_counts(counts))
+    h, w = rle["size"]
+    if total != h * w:
+        raise DataError(
+            file, where, "segmentation.counts", f"runs cover {total} pixels, the image has {h * w}"
+        )
+
+
+def decode_counts(s: str) -> list[int]:
+    """Decode COCO's LEB128-like compressed counts string into run lengths (pure Python, for validation)."""
+    counts: list[int] = []
+    p = 0
+    n = len(s)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise DataError("", "", "segmentation.counts", "truncated RLE string")
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            raise DataError("", "", "segmentation.counts", "negative run length")
+        counts.append(x)
+    return counts
+
+
+def _check_annotation(file: str, ann: Any, idx: int, images: dict[int, ImageRecord]) -> dict:
+    if not isinstance(ann, dict):
+        raise DataError(
+            file, f"annotations[{idx}]", "annotations", f"expected an object, got {type(ann).__name__}"
+        )
+    for key in ("id", "image_id", "segmentation"):
+        if key not in ann:
+            raise DataError(file, f"annotations[{idx}]", key, "missing key")
+    if not _is_int(ann["id"]):
+        raise DataError(file, f"annotations[{idx}]", "id", f"expected an integer, got {ann['id']!r}")
+    where = f"annotation {ann['id']}"
+    if not _is_int(ann["image_id"]):
+        raise DataError(file, where, "image_id", f"expected an integer, got {ann['image_id']!r}")
+    image = images.get(int(ann["image_id"]))
+    if image is None:
+        raise DataError(
+            file, where, "image_id", f"points at image {ann['image_id']}, which is missing or quarantined"
+        )
+    h, w = image.height, image.width
+    try:
+        rle = _normalise_segmentation(file, where, ann["segmentation"], h, w)
+    except DataError as e:
+        raise DataError(file, where, e.field, e.message) from e
+    area = rle_utils.area(rle)
+    if area <= 0:
+        raise DataError(file, where, "segmentation", "mask is empty (area 0)")
+    bbox = ann.get("bbox")
+    if bbox is not None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
+            raise DataError(file, where, "bbox", f"expected [x, y, width, height], got {bbox!r}")
+        x, y, bw, bh = bbox
+        tol = 1.0
+        if bw < 0 or bh < 0 or x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
+            raise DataError(file, where, "bbox", f"{bbox} lies outside the {w}x{h} image")
+    out = {k: v for k, v in ann.items() if k != "segmentation"}
+    out.update(
+        {
+            "id": int(ann["id"]),
+            "image_id": int(ann["image_id"]),
+            "segmentation": rle,
+            "area": area,
+            "bbox": rle_utils.bbox_xywh(rle),
+            "iscrowd": int(ann.get("iscrowd", 0) or 0),
+        }
+    )
+    return out
+
+
+def load_coco(
+    annotations_json: str | Path,
+    images_dir: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    verify_images: bool = True,
+    quarantine: Quarantine | None = None,
+) -> MaskCorpus:
+    """Read a COCO instances file with validation.
+
+    Valid records are returned in a :class:`MaskCorpus`; every bad record goes to ``corpus.quarantine`` with
+    a :class:`DataError` naming the file, the record and the field. A file that is not JSON, or whose top
+    level lacks ``images`` / ``annotations`` lists, raises :class:`DataError` (nothing in it can be trusted).
+    """
+    path = Path(annotations_json)
+    images_dir = Path(images_dir)
+    file = str(path)
+    q = quarantine if quarantine is not None else Quarantine()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(file, None, "file", "annotation file not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(file, None, "json", f"not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise DataError(file, None, "json", f"top level must be an object, got {type(doc).__name__}")
+    for key in ("images", "annotations"):
+        if key not in doc:
+            raise DataError(file, None, key, "missing top-level key")
+        if not isinstance(doc[key], list):
+            raise DataError(file, None, key, f"expected a list, got {type(doc[key]).__name__}")
+
+    images: dict[int, ImageRecord] = {}
+    seen_image_ids: set[int] = set()
+    for idx, rec in enumerate(doc["images"]):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        if _is_int(rid) and rid in seen_image_ids:
+            q.add(DataError(file, f"image {rid}", "id", "duplicate image id (first occurrence kept)"))
+            continue
+        try:
+            image = _check_image(file, rec, idx, images_dir, max_pixels, verify_images)
+        except DataError as e:
+            q.add(e)
+            if _is_int(rid):
+                seen_image_ids.add(rid)
+            continue
+        seen_image_ids.add(image.image_id)
+        images[image.image_id] = image
+
+    by_image: dict[int, list[dict]] = {}
+    seen_ann_ids: set[int] = set()
+    for idx, ann in enumerate(doc["annotations"]):
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        if _is_int(aid) and aid in seen_ann_ids:
+            q.add(
+                DataError(file, f"annotation {aid}", "id", "duplicate annotation id (first occurrence kept)")
+            )
+            continue
+        if _is_int(aid):
+            seen_ann_ids.add(aid)
+        try:
+            clean = _check_annotation(file, ann, idx, images)
+        except DataError as e:
+            q.add(e)
+            continue
+        by_image.setdefault(clean["image_id"], []).append(clean)
+    ordered = sorted(images.values(), key=lambda r: r.image_id)
+    return MaskCorpus(images=ordered, annotations=by_image, quarantine=q, source=file)
+
+
+def corpus_to_coco(corpus: MaskCorpus) -> dict:
+    """The COCO document for a corpus (images with their region, annotations as compressed RLE)."""
+    images = []
+    for im in corpus.images:
+        rec = {
+            "id": im.image_id,
+            "file_name": im.file_name or im.path.name,
+            "width": im.width,
+            "height": im.height,
+        }
+        if im.region is not None:
+            rec["region"] = im.region
+        images.append(rec)
+    anns = [a for im in corpus.images for a in corpus.masks_for(im.image_id)]
+    return {"images": images, "annotations": anns, "categories": CATEGORIES}

@@ -1,0 +1,22 @@
+"""Every benchmark module runs in quick mode and returns well-formed rows (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+
+from benchmarks.run_all import format_table, modules
+
+
+@pytest.mark.parametrize("name", modules())
+def test_benchmark_rows_are_well_formed(name):
+    rows = importlib.import_module(f"benchmarks.{name}").run(quick=True)
+    assert rows
+    for row in rows:
+        assert {"benchmark", "metric", "value", "unit"} <= set(row)
+        assert isinstance(row["value"], int | float) and math.isfinite(row["value"])
+        if "ratio" in row:
+            assert row["ratio"] > 0 and "baseline" in row
+    assert row["metric"] in format_table(rows)

@@ -1,0 +1,43 @@
+"""The Dagster code location loads and the corpora assets materialize on the smoke profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import materialize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dagster_definitions_validate(tmp_path):
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path), SAM_ENGINE_DATA_DIR=str(tmp_path / "data"))
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "success" in (proc.stdout + proc.stderr).lower()
+
+
+def test_corpora_assets_materialize(tmp_path):
+    from assets.corpora import corpora
+    from jobs.resources import EngineResource
+
+    engine = EngineResource(profile="smoke", overrides=json.dumps({"data_dir": str(tmp_path)}))
+    result = materialize([corpora], resources={"engine": engine})
+    assert result.success
+    mats = {m.asset_key.path[-1]: m for m in result.get_asset_materialization_events()}
+    assert set(mats) == {"public_corpus", "target_pool", "pool_ground_truth", "gold_set"}
+    gold_meta = mats["gold_set"].materialization.metadata
+    assert gold_meta["images"].value == 10 and gold_meta["quarantined"].value == 0
+    assert "data:image/png;base64" in gold_meta["preview"].value
+    assert (tmp_path / "corpora" / "manifest.json").exists()
