@@ -1,15 +1,19 @@
 """The one `Definitions` object of the code location (loaded by workspace.yaml and `make ui`)."""
 
-from __future__ import annotations
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from dagster import Definitions, load_assets_from_modules
-
-from assets import corpora
+from assets import corpora, fully_automatic, human_stages, models, quality
+from jobs.engine_jobs import drift_job, retrain_stage1_job, retrain_stage2_job, stage3_shards_job
 from jobs.resources import EngineResource
+from jobs.sensors import drift_schedule, retrain_sensor
 
-all_assets = load_assets_from_modules([corpora])
+ASSET_MODULES = [corpora, models, human_stages, fully_automatic, quality]
 
 defs = Definitions(
-    assets=all_assets,
+    assets=load_assets_from_modules(ASSET_MODULES),
+    asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
+    jobs=[retrain_stage1_job, retrain_stage2_job, stage3_shards_job, drift_job],
+    sensors=[retrain_sensor],
+    schedules=[drift_schedule],
     resources={"engine": EngineResource()},
 )

@@ -58,15 +58,53 @@ class TrainSection(_Section):
     device: str = "auto"
 
 
+class StagesSection(_Section):
+    """How the target pool is split across the three stages, and how each stage works."""
+
+    stage1_images: int = 80
+    stage2_images: int = 320
+    stage3_images: int | None = None  # None: the rest of the pool
+    images_per_shard: int = 200
+    annotators: int = 4
+    reviewers: int = 1
+    overlap_fraction: float = 0.2  # share of stage-1 images given to several annotators
+    overlap_k: int = 3
+    honeypot_rate: float = 0.1
+    image_budget_s: float = 240.0  # modelled seconds an annotator spends on one stage-1 image at most
+    stage2_accept_iou: float = 0.9
+    stage2_review_iou: float = 0.75
+    stage2_complete_images: int = 120  # stage-2 images chosen by the diversity sampler for human completion
+    amg_points_per_side: int = 16
+    amg_points_per_batch: int = 128
+    amg_pred_iou_thresh: float = 0.88
+    amg_stability_score_thresh: float = 0.92
+    qa_masks_per_shard: int = 40
+    qa_good_iou: float = 0.75
+    qa_min_good_share: float = 0.6
+    retrain_min_new_masks: int = 200
+    coverage_floor: float = 0.5  # every region: at least this share of its pool images carries masks
+
+
+class EvalSection(_Section):
+    gold_objects: int = 400  # click-protocol objects sampled from the gold set per evaluation
+    gold_amg_images: int = 40  # gold images for automatic-mask recall
+    public_val_objects: int = 300
+    max_clicks: int = 20
+    regression_tolerance: float = 0.02  # a new model may trail its predecessor's 1-click mIoU by this much
+
+
 class EngineConfig(_Section):
     """The whole engine's configuration."""
 
     profile: Literal["smoke", "default", "scale"] = "default"
     seed: int = 0
+    annotators: Literal["simulated", "human"] = "simulated"
     data_dir: Path = REPO_ROOT / "data"
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    stages: StagesSection = Field(default_factory=StagesSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
     # Folders under data_dir.
     @property
@@ -119,6 +157,24 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "finetune_steps": 10,
             "warmup_steps": 2,
         },
+        "stages": {
+            "stage1_images": 6,
+            "stage2_images": 10,
+            "images_per_shard": 8,
+            "annotators": 3,
+            "overlap_fraction": 0.34,
+            "stage2_complete_images": 4,
+            "amg_points_per_side": 8,
+            "amg_points_per_batch": 64,
+            "amg_pred_iou_thresh": 0.0,
+            "amg_stability_score_thresh": 0.0,
+            "qa_masks_per_shard": 8,
+            "qa_min_good_share": 0.0,
+            "retrain_min_new_masks": 5,
+            "image_budget_s": 60.0,
+        },
+        "eval": {"gold_objects": 12, "gold_amg_images": 3, "public_val_objects": 12, "max_clicks": 5,
+                 "regression_tolerance": 1.0},
     },
     "default": {},
     "scale": {
@@ -130,6 +186,15 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "pool_size": (512, 1024),
         },
         "model": {"name": "vit_b"},
+        "stages": {
+            "stage1_images": 2000,
+            "stage2_images": 8000,
+            "images_per_shard": 2000,
+            "annotators": 16,
+            "amg_points_per_side": 32,
+            "amg_stability_score_thresh": 0.95,
+        },
+        "eval": {"gold_objects": 2000, "gold_amg_images": 200},
         "train": {"max_minutes": 600.0, "max_steps": 100000, "batch_size": 32, "num_workers": 8},
     },
 }

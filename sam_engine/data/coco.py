@@ -110,6 +110,10 @@ def _normalise_segmentation(file: str, where: str, seg: Any, h: int, w: int) -> 
                     f"segmentation[{k}]",
                     f"polygon needs at least 3 (x, y) points, got {len(poly) / 2:g}",
                 )
+            xs, ys = poly[0::2], poly[1::2]
+            if min(xs) < -1 or max(xs) > w + 1 or min(ys) < -1 or max(ys) > h + 1:
+                # refused before rasterising: a far-away vertex makes pycocotools allocate a huge buffer
+                raise DataError(file, where, f"segmentation[{k}]", f"polygon leaves the {w}x{h} image")
         return rle_utils.polygons_to_rle(seg, h, w)
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -216,6 +220,11 @@ def _check_annotation(file: str, ann: Any, idx: int, images: dict[int, ImageReco
         tol = 1.0
         if bw < 0 or bh < 0 or x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
             raise DataError(file, where, "bbox", f"{bbox} lies outside the {w}x{h} image")
+    iscrowd = ann.get("iscrowd", 0)
+    if iscrowd is None:
+        iscrowd = 0
+    if not _is_int(iscrowd) and not isinstance(iscrowd, bool) or int(iscrowd) not in (0, 1):
+        raise DataError(file, where, "iscrowd", f"expected 0 or 1, got {iscrowd!r}")
     out = {k: v for k, v in ann.items() if k != "segmentation"}
     out.update(
         {
@@ -224,7 +233,7 @@ def _check_annotation(file: str, ann: Any, idx: int, images: dict[int, ImageReco
             "segmentation": rle,
             "area": area,
             "bbox": rle_utils.bbox_xywh(rle),
-            "iscrowd": int(ann.get("iscrowd", 0) or 0),
+            "iscrowd": int(iscrowd),
         }
     )
     return out
@@ -252,7 +261,7 @@ def load_coco(
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise DataError(file, None, "file", "annotation file not found") from e
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise DataError(file, None, "json", f"not valid JSON: {e}") from e
     if not isinstance(doc, dict):
         raise DataError(file, None, "json", f"top level must be an object, got {type(doc).__name__}")

@@ -35,13 +35,29 @@ def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
     try:
         with Image.open(path) as img:
             w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            _check_dims(path, w, h, max_pixels)  # before anything that could decode pixels
+            orientation = _orientation(img)
+    except DataError:
+        raise
     except FileNotFoundError as e:
         raise DataError(path, path.name, "file_name", "image file not found") from e
+    except Image.DecompressionBombError as e:
+        raise DataError(path, path.name, "size", f"decompression bomb: {e}") from e
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
         raise DataError(path, path.name, "image", f"cannot read image header: {e}") from e
-    _check_dims(path, w, h, max_pixels)
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation without decoding pixels (PNG keeps EXIF in its info dict)."""
+    if img.format == "PNG":
+        raw = img.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1))
+    return int(img.getexif().get(0x0112, 1))
 
 
 def _check_dims(path: Path, w: int, h: int, max_pixels: int) -> None:

@@ -1,0 +1,54 @@
+"""Small helpers shared by the asset modules (metadata formatting, workspace from the resource)."""
+
+import math
+
+import pandas as pd
+from dagster import MetadataValue
+
+from jobs.resources import EngineResource
+from sam_engine.engine.workspace import Workspace
+from sam_engine.model_store import ModelRef
+
+
+def workspace(engine: EngineResource) -> Workspace:
+    return Workspace(engine.config())
+
+
+def table_md(df: pd.DataFrame, digits: int = 3) -> MetadataValue:
+    """A DataFrame as a Markdown table (numbers rounded)."""
+    if df.empty:
+        return MetadataValue.md("_empty_")
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, float):
+                cells.append("nan" if math.isnan(v) else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return MetadataValue.md("\n".join(lines))
+
+
+def model_metadata(ref: ModelRef) -> dict:
+    """What a model asset shows: MLflow run, registered version, data counts and hashes, metrics."""
+    meta = {
+        "checkpoint": MetadataValue.path(ref.checkpoint),
+        "checkpoint_sha256": ref.sha256,
+        "parent": ref.parent or "none (from scratch)",
+        "mlflow_run_id": ref.mlflow_run_id or "",
+        "registered_version": ref.registered_version or "",
+        "train_images": int(ref.data.get("images", 0)),
+        "train_masks": int(ref.data.get("masks", 0)),
+        "data_sha256": ref.data.get("data_sha256", ""),
+    }
+    for k, v in ref.metrics.items():
+        if isinstance(v, int | float) and math.isfinite(v):
+            meta[k] = float(v)
+    return meta
+
+
+def numeric(d: dict) -> dict:
+    """Only the finite numeric entries of a dict (for metadata)."""
+    return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and math.isfinite(float(v))}

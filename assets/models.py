@@ -1,0 +1,167 @@
+"""Model versions v0..v3 and their held-out evaluations (with the no-regression gate as a blocking check)."""
+
+import json
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+
+from assets._common import model_metadata, numeric, workspace
+from jobs.resources import EngineResource
+from sam_engine.data.corpora import load_public
+from sam_engine.engine import human_stage
+from sam_engine.engine.models import evaluate_version, train_version
+from sam_engine.model_store import ModelRef
+
+GROUP = "models"
+
+
+@asset(
+    group_name=GROUP, deps=["public_corpus"], description="v0: pretrained from scratch on the public corpus."
+)
+def model_v0(context: AssetExecutionContext, engine: EngineResource) -> Output[ModelRef]:
+    ws = workspace(engine)
+    train = load_public(ws.cfg, "train")
+    val = load_public(ws.cfg, "val") if not ws.cfg.corpus.public_coco_json else None
+    ref, trained = train_version(ws, "model_v0", train, None, val_corpus=val, log_fn=context.log.info)
+    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained})
+
+
+def _store_masks_corpus(ws, stages: list[int]):
+    with ws.open_store(read_only=True) as store:
+        gold_ids = {im.image_id for im in ws.gold.images}
+        frames = [human_stage.stage_masks_frame(store, s, gold_ids) for s in stages]
+    return human_stage.masks_corpus(ws, frames)
+
+
+@asset(
+    group_name=GROUP,
+    ins={"model_v0": AssetIn()},
+    deps=["stage1_masks"],
+    description="v1: v0 fine-tuned on the stage-1 (assisted-manual) masks.",
+)
+def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: ModelRef) -> Output[ModelRef]:
+    ws = workspace(engine)
+    ref, trained = train_version(
+        ws, "model_v1", _store_masks_corpus(ws, [1]), model_v0, log_fn=context.log.info
+    )
+    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained})
+
+
+@asset(
+    group_name=GROUP,
+    ins={"model_v1": AssetIn()},
+    deps=["stage1_masks", "stage2_masks"],
+    description="v2: v1 fine-tuned on stage-1 and stage-2 masks.",
+)
+def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef) -> Output[ModelRef]:
+    ws = workspace(engine)
+    ref, trained = train_version(
+        ws, "model_v2", _store_masks_corpus(ws, [1, 2]), model_v1, log_fn=context.log.info
+    )
+    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained})
+
+
+@asset(
+    group_name=GROUP,
+    ins={"model_v2": AssetIn()},
+    deps=["sa1b_shards", "stage1_masks", "stage2_masks"],
+    description="v3: v2 fine-tuned on the SA-1B shards of stage 3 (plus the human-verified masks).",
+)
+def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: ModelRef) -> Output[ModelRef]:
+    from sam_engine.data.sa1b import read_shards
+    from sam_engine.stage3 import shard_paths
+
+    ws = workspace(engine)
+    shards = read_shards(shard_paths(ws.cfg.shards_dir), cache_dir=ws.cfg.data_dir / "shard_cache")
+    merged = _merge(shards, _store_masks_corpus(ws, [1, 2]))
+    ref, trained = train_version(ws, "model_v3", merged, model_v2, log_fn=context.log.info)
+    return Output(
+        ref, metadata={**model_metadata(ref), "trained_now": trained, "shard_images": len(shards.images)}
+    )
+
+
+def _merge(a, b):
+    from sam_engine.data.corpus import MaskCorpus
+
+    images = {im.image_id: im for im in a.images}
+    anns = {k: list(v) for k, v in a.annotations.items()}
+    for im in b.images:
+        images.setdefault(im.image_id, im)
+        anns.setdefault(im.image_id, []).extend(b.masks_for(im.image_id))
+    return MaskCorpus(images=sorted(images.values(), key=lambda r: r.image_id), annotations=anns)
+
+
+def _eval_asset(version: int):
+    name = f"eval_model_v{version}"
+
+    @asset(
+        name=name,
+        group_name="evaluation",
+        ins={"model": AssetIn(f"model_v{version}")},
+        deps=["gold_set"],
+        description=f"Held-out gold-set evaluation of model v{version}: click protocol (mIoU@k, NoC) per "
+        "region and automatic-mask recall.",
+    )
+    def _evaluate(context: AssetExecutionContext, engine: EngineResource, model: ModelRef) -> Output[dict]:
+        ws = workspace(engine)
+        metrics = evaluate_version(ws, model, log_fn=context.log.info)
+        by_region = metrics.pop("by_region", {})
+        return Output(
+            metrics,
+            metadata={
+                **numeric(metrics),
+                "model": model.name,
+                "registered_version": model.registered_version or "",
+                "by_region": MetadataValue.json(json.loads(json.dumps(by_region, default=float))),
+            },
+        )
+
+    return _evaluate
+
+
+eval_assets = [_eval_asset(v) for v in range(4)]
+
+
+def _gate(version: int):
+    @asset_check(
+        asset=f"eval_model_v{version}",
+        additional_ins={"previous": AssetIn(f"eval_model_v{version - 1}")},
+        blocking=True,
+        description=f"v{version} is at least as good as v{version - 1} on the gold set "
+        "(1-click mIoU and NoC@90, within the configured tolerance).",
+    )
+    def _no_regression(context: AssetCheckExecutionContext, engine: EngineResource, previous: dict):
+        ws = workspace(engine)
+        current = context.instance.get_latest_materialization_event(
+            context.check_specs[0].asset_key
+        ).asset_materialization.metadata
+        tol = ws.cfg.eval.regression_tolerance
+        miou_now = current["gold/miou@1"].value
+        noc_now = current["gold/noc@90"].value
+        ok = miou_now >= previous["gold/miou@1"] - tol and noc_now <= previous["gold/noc@90"] + 20 * tol
+        return AssetCheckResult(
+            passed=bool(ok),
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "miou@1": miou_now,
+                "previous_miou@1": previous["gold/miou@1"],
+                "noc@90": noc_now,
+                "previous_noc@90": previous["gold/noc@90"],
+                "tolerance": tol,
+            },
+        )
+
+    _no_regression.__name__ = f"v{version}_not_worse_than_v{version - 1}"
+    return _no_regression
+
+
+gate_checks = [_gate(v) for v in (1, 2, 3)]

@@ -1,0 +1,382 @@
+"""Click-to-mask latency of the annotation server over a real WebSocket, against the in-process session call.
+
+Setup: pool-like scenes (``sam_engine.data.synthetic.pool_scene``), the tiny model with random weights (the
+latency does not depend on the weights), the server in a subprocess on a loopback port (this file with
+``--serve``, which builds the same app as ``python -m sam_engine.annotation``), clients with
+``websockets``' sync API in this process.
+
+* ``click_*_1_annotator``: one client, embedding cached, a click every few ms (closed loop); baseline = the
+  same click through ``AnnotationSession.add_point`` in this process (no server, no RLE, no JSON).
+* ``click_*_16_annotators``: 16 clients on 16 different images (embeddings cached), each clicking after a
+  seeded think time uniform in [0.1, 0.5] s (human annotators click about once a second; this is ~40
+  clicks/s offered in total); baseline = the in-process p99 / p50.
+* ``image_open_cold``: an admin opens images nobody opened before (decode + image encoder);
+  ``image_open_prefetched``: an annotator opens its next task after the server prefetched it.
+  Baselines: ``SegmentationService.open_session`` cold / cached in this process.
+* ``mask_message_bytes``: mean size of one answer (3 masks as COCO RLE + scores).
+
+Targets on a 2-core CPU with the tiny model: click p99 <= 20 ms for one annotator, <= 50 ms with 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from sam_engine.data import rle as rle_utils  # noqa: E402
+from sam_engine.data.images import save_png  # noqa: E402
+from sam_engine.data.synthetic import pool_scene  # noqa: E402
+from sam_engine.quality.store import QualityStore  # noqa: E402
+
+N_CONCURRENT = 16
+TORCH_THREADS = 1  # as the server's --torch-threads default; baseline and server alike
+
+
+# ------------------------------------------------------------------------------------------- setup
+def _predictor() -> tuple[object, str]:
+    """The real predictor over an untrained tiny model; the tests' fake predictor if there is none yet."""
+    try:
+        from sam_engine.predictor import SamPredictor
+    except ImportError:
+        sys.path.insert(0, str(REPO / "tests"))
+        from annotation_fixtures import FakePredictor
+
+        return FakePredictor(), "fake (sam_engine.predictor missing)"
+    from sam_engine.model import build_sam
+
+    return SamPredictor(build_sam("tiny", seed=0).eval()), "tiny (random init)"
+
+
+def _make_data(root: Path, n_images: int) -> tuple[dict[str, str], dict[str, list[int]], dict[int, list]]:
+    """Images + store: annotators ann0..ann15 (ann_k has tasks on images k, k+16, ...), admin 'boss'."""
+    images_dir = root / "images"
+    store = QualityStore(root / "quality.duckdb")
+    rows, clicks = [], {}
+    for i in range(n_images):
+        scene = pool_scene(seed=0, index=i, size_range=(192, 320), n_regions=5)
+        save_png(scene.image, images_dir / f"{i}.png")
+        h, w = scene.image.shape[:2]
+        rows.append({"image_id": i, "file_name": f"{i}.png", "width": w, "height": h, "source": "pool"})
+        points = []
+        for ann in scene.annotations[:12]:
+            m = rle_utils.decode(ann["segmentation"])
+            ys, xs = np.nonzero(m)
+            points.append((float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5))
+        clicks[i] = points or [(w / 2, h / 2)]
+    store.add_images(rows)
+    tokens, tasks = {}, {}
+    for k in range(N_CONCURRENT):
+        name = f"ann{k}"
+        _, tokens[name] = store.add_annotator(name)
+        ids = [k, k + N_CONCURRENT]  # two tasks each; images from 2 * N_CONCURRENT on stay unopened (cold)
+        tasks[name] = store.create_tasks(
+            [
+                {"image_id": i, "stage": 1, "annotator_id": name, "priority": -float(j)}
+                for j, i in enumerate(ids)
+            ]
+        )
+    _, tokens["boss"] = store.add_annotator("boss", "admin")
+    store.close()
+    return tokens, tasks, clicks
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import torch
+
+    from sam_engine.annotation.server import create_app, run
+
+    torch.set_num_threads(TORCH_THREADS)
+    from sam_engine.annotation.service import ImageResolver
+    from sam_engine.annotation.session import SegmentationService
+
+    store = QualityStore(args.db, idle_release_s=1.0)
+    dirs = {"pool": args.images}
+    predictor, _ = _predictor()
+    service = SegmentationService(predictor, ImageResolver(store, dirs).load, cache_size=64)
+    app = create_app(store, service, dirs, rate_limit=(1000.0, 1000))
+    run(app, "127.0.0.1", args.port, log_level="warning")
+
+
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    import httpx
+
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--serve",
+        "--db",
+        str(root / "quality.duckdb"),
+        "--images",
+        str(root / "images"),
+        "--port",
+        str(port),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+
+# ------------------------------------------------------------------------------------------- clients
+class _Client:
+    def __init__(self, port: int, token: str) -> None:
+        from websockets.sync.client import connect
+
+        self._cm = connect(f"ws://127.0.0.1:{port}/ws?token={token}", max_size=2**22)
+        self.ws = self._cm.__enter__()
+        assert json.loads(self.ws.recv())["type"] == "ready"
+        self.bytes: list[int] = []
+        self.server_s: list[float] = []
+
+    def call(self, **msg: object) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        self.ws.send(json.dumps(msg))
+        raw = self.ws.recv()
+        dt = time.perf_counter() - t0
+        out = json.loads(raw)
+        if out["type"] == "error":
+            raise RuntimeError(out["message"])
+        if out["type"] == "masks":
+            self.bytes.append(len(raw))
+            self.server_s.append(out["server_ms"] / 1000.0)
+        return out, dt
+
+    def clicks(
+        self, points: list, n: int, think: tuple[float, float] | None = None, seed: int = 0
+    ) -> list[float]:
+        rng = np.random.default_rng(seed)
+        times = []
+        for i in range(n):
+            if i % 3 == 0:
+                self.call(type="reset")
+            if think:
+                time.sleep(rng.uniform(*think))
+            x, y = points[i % len(points)]
+            _, dt = self.call(type="point", x=x, y=y, positive=True)
+            times.append(dt)
+        return times
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+
+# ------------------------------------------------------------------------------------------- runs
+def _baseline(root: Path, n_cold: int, cold_ids: list[int]) -> tuple[object, dict]:
+    """The in-process service (images read straight from their files, no store) and its open timings."""
+    from sam_engine.annotation.session import SegmentationService
+    from sam_engine.data.images import load_image
+
+    predictor, _ = _predictor()
+    service = SegmentationService(
+        predictor, lambda i: load_image(root / "images" / f"{i}.png"), cache_size=64
+    )
+    cold = []
+    for image_id in cold_ids[:n_cold]:
+        t0 = time.perf_counter()
+        service.open_session(image_id)
+        cold.append(time.perf_counter() - t0)
+    cached = []
+    for image_id in cold_ids[:n_cold]:
+        service.open_session(0)  # make another image current first
+        t0 = time.perf_counter()
+        service.open_session(image_id)
+        cached.append(time.perf_counter() - t0)
+    return service, {"cold": cold, "cached": cached}
+
+
+def run(quick: bool = False) -> list[dict]:
+    n_single = 20 if quick else 300
+    n_each = 4 if quick else 30
+    n_cold = 2 if quick else 8
+    n_images = N_CONCURRENT * 2 + n_cold
+    import torch
+
+    _, model_name = _predictor()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        rows = _run(quick, n_single, n_each, n_cold, n_images, model_name)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def _run(quick: bool, n_single: int, n_each: int, n_cold: int, n_images: int, model_name: str) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="bench_annotation_") as tmp:
+        root = Path(tmp)
+        tokens, tasks, clicks = _make_data(root, n_images)
+        cold_ids = list(range(N_CONCURRENT * 2, n_images))
+        base_service, base = _baseline(root, n_cold, cold_ids)
+        port = _free_port()
+        proc = _start_server(root, port)
+        try:
+            server = _measure_server(
+                port,
+                tokens,
+                tasks,
+                clicks,
+                n_single,
+                n_each,
+                cold_ids,
+                n_cold,
+                1.0 if quick else 3.0,
+                base_service.open_session(0),
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+            base_service.close()
+        base["click"] = server["baseline_click"]
+    b50, b99 = _pct(base["click"], 50), _pct(base["click"], 99)
+    rows = []
+
+    def row(metric: str, value: float, unit: str, baseline: float | None = None, **extra: object) -> None:
+        r = {"benchmark": "annotation", "metric": metric, "value": round(value, 3), "unit": unit}
+        if baseline is not None:
+            r |= {
+                "baseline": round(baseline, 3),
+                "ratio": round(value / baseline, 3) if baseline else float("nan"),
+            }
+        rows.append(r | extra | {"model": model_name})
+
+    row("click_p50_1_annotator", _pct(server["single"], 50), "ms", b50)
+    row("click_p99_1_annotator", _pct(server["single"], 99), "ms", b99, target=20.0)
+    row("click_server_side_p50_1_annotator", _pct(server["single_server"], 50), "ms", b50)
+    row("click_server_side_p99_1_annotator", _pct(server["single_server"], 99), "ms", b99)
+    row("click_p50_16_annotators", _pct(server["multi"], 50), "ms", b50)
+    row("click_p99_16_annotators", _pct(server["multi"], 99), "ms", b99, target=50.0)
+    row("clicks_per_s_16_annotators", server["rate"], "1/s")
+    row("image_open_cold_p50", _pct(server["cold"], 50), "ms", _pct(base["cold"], 50))
+    row("image_open_prefetched_p50", _pct(server["prefetched"], 50), "ms", _pct(base["cached"], 50))
+    row("mask_message_bytes", float(np.mean(server["bytes"])), "bytes")
+    return rows
+
+
+def _measure_server(
+    port: int,
+    tokens: dict,
+    tasks: dict,
+    clicks: dict,
+    n_single: int,
+    n_each: int,
+    cold_ids: list[int],
+    n_prefetched: int,
+    settle_s: float,
+    base_session: object,
+) -> dict:
+    # one annotator, cached embedding (the open also prefetches its next task; let that finish first)
+    c = _Client(port, tokens["ann0"])
+    c.call(type="open", task_id=tasks["ann0"][0])
+    time.sleep(settle_s / 3)
+    c.clicks(clicks[0], 5)  # warm-up
+    for i in range(5):  # warm-up of the in-process baseline
+        base_session.add_point(*clicks[0][i % len(clicks[0])], positive=True)
+    c.server_s.clear()
+    single, baseline_click = [], []
+    for i in range(n_single):  # interleaved, so both see the same load on a shared machine
+        if i % 3 == 0:
+            c.call(type="reset")
+            base_session.reset()
+        x, y = clicks[0][i % len(clicks[0])]
+        t0 = time.perf_counter()
+        base_session.add_point(x, y, positive=True)
+        baseline_click.append(time.perf_counter() - t0)
+        single.append(c.call(type="point", x=x, y=y, positive=True)[1])
+    sizes = list(c.bytes)
+    single_server = [v for v in c.server_s if v is not None]
+    c.close()
+    # cold opens by an admin (admins without tasks trigger no prefetch)
+    boss = _Client(port, tokens["boss"])
+    cold = []
+    for image_id in cold_ids:
+        _, dt = boss.call(type="open", image_id=image_id)
+        cold.append(dt)
+    boss.close()
+    # 16 annotators, each on its own image (embedding cached once the opens and prefetches are done)
+    clients = [_Client(port, tokens[f"ann{k}"]) for k in range(N_CONCURRENT)]
+    for k, cl in enumerate(clients):
+        cl.call(type="open", task_id=tasks[f"ann{k}"][0])
+    time.sleep(settle_s)
+    for k, cl in enumerate(clients):
+        cl.clicks(clicks[k], 2)
+    results: list[list[float]] = [[] for _ in clients]
+    barrier = threading.Barrier(len(clients))
+
+    def work(k: int) -> None:
+        barrier.wait()
+        results[k] = clients[k].clicks(clicks[k], n_each, think=(0.1, 0.5), seed=k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(clients))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    # next task of a few annotators: prefetched by the server while they clicked on the first
+    prefetched = []
+    for k in range(1, 1 + n_prefetched):
+        _, dt = clients[k].call(type="open", task_id=tasks[f"ann{k}"][1])
+        prefetched.append(dt)
+    for cl in clients:
+        cl.close()
+    multi = [v for r in results for v in r]
+    return {
+        "single": single,
+        "single_server": single_server,
+        "baseline_click": baseline_click,
+        "multi": multi,
+        "rate": len(multi) / elapsed,
+        "cold": cold,
+        "prefetched": prefetched,
+        "bytes": sizes,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--db", type=Path)
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--quick", action="store_true")
+    cli = parser.parse_args()
+    if cli.serve:
+        _serve(cli)
+    else:
+        for r in run(quick=cli.quick):
+            print(json.dumps(r))

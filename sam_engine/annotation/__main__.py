@@ -1,0 +1,170 @@
+"""Command line of the annotation tool.
+
+Serve (loopback by default)::
+
+    python -m sam_engine.annotation --host 127.0.0.1 --port 8765 --data-dir data --checkpoint data/models/v1.pt
+    python -m sam_engine.annotation serve --data-dir data --random-init          # untrained tiny model (demo)
+
+Create an annotator and print their token (shown once; only its hash is stored)::
+
+    python -m sam_engine.annotation add-annotator --data-dir data --name alice --role annotator --expertise r1,r2
+
+The store is ``<data-dir>/quality.duckdb`` unless ``--db`` says otherwise. Images are served from the
+``--dataset-dir`` folders (``PATH`` or ``SOURCE=PATH``, repeatable); the default is the data folder's corpus
+image folders (target pool, gold set, public corpus), searched in that order for each image's ``file_name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_IMAGE_DIRS = ("corpora/target_pool/images", "corpora/gold/images", "corpora/public/images")
+
+
+def _dataset_dirs(values: list[str] | None, data_dir: Path) -> dict[str, Path] | list[Path]:
+    if not values:
+        return [data_dir / d for d in DEFAULT_IMAGE_DIRS]
+    named = [v for v in values if "=" in v]
+    if named and len(named) != len(values):
+        raise SystemExit("--dataset-dir: give either all as SOURCE=PATH or all as PATH")
+    if named:
+        return {k: Path(p) for k, p in (v.split("=", 1) for v in values)}
+    return [Path(v) for v in values]
+
+
+def load_predictor(checkpoint: Path | None, model: str, random_init: bool, seed: int = 0) -> object:
+    """A ``SamPredictor`` over a checkpoint (own format or official SAM) or, with ``random_init``, an untrained
+    model of the named configuration."""
+    from sam_engine.predictor import SamPredictor
+
+    if checkpoint is not None:
+        from sam_engine.model.checkpoint import load_model
+
+        sam = load_model(checkpoint)
+    elif random_init:
+        from sam_engine.model import build_sam
+
+        logging.getLogger("sam_engine.annotation").warning(
+            "serving an untrained %s model (--random-init)", model
+        )
+        sam = build_sam(model, seed=seed)
+    else:
+        raise SystemExit("give --checkpoint PATH, or --random-init to serve an untrained model")
+    sam.eval()
+    return SamPredictor(sam)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from sam_engine.quality.store import QualityStore
+
+    from .server import create_app, run
+    from .service import ImageResolver
+    from .session import SegmentationService
+
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    data_dir = Path(args.data_dir)
+    store = QualityStore(args.db or data_dir / "quality.duckdb", idle_release_s=args.idle_release_s)
+    dirs = _dataset_dirs(args.dataset_dir, data_dir)
+    predictor = load_predictor(args.checkpoint, args.model, args.random_init, args.seed)
+    service = SegmentationService(predictor, ImageResolver(store, dirs).load, cache_size=args.cache_size)
+    app = create_app(
+        store,
+        service,
+        dirs,
+        rate_limit=(args.rate, args.burst),
+        cors_origins=args.allow_origin or (),
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("sam_engine.annotation").warning(
+            "listening on %s: put TLS in front of it, tokens travel in every request", args.host
+        )
+    try:
+        run(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log)
+    finally:
+        service.close()
+        store.close()
+
+
+def _add_annotator(args: argparse.Namespace) -> None:
+    from sam_engine.quality.store import QualityStore
+
+    store = QualityStore(args.db or Path(args.data_dir) / "quality.duckdb", idle_release_s=0)
+    expertise = [e for e in (args.expertise or "").split(",") if e]
+    annotator_id, token = store.add_annotator(
+        args.name, args.role, annotator_id=args.id, expertise=expertise, exist_ok=args.rotate
+    )
+    store.close()
+    print(f"annotator {annotator_id} ({args.role}); token (shown once):\n{token}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sam_engine.annotation", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="serve the annotation tool")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--data-dir", default="data")
+    serve.add_argument(
+        "--db", type=Path, default=None, help="DuckDB file (default <data-dir>/quality.duckdb)"
+    )
+    serve.add_argument(
+        "--dataset-dir", action="append", help="image folder, PATH or SOURCE=PATH (repeatable)"
+    )
+    serve.add_argument("--checkpoint", type=Path, default=None)
+    serve.add_argument("--model", default="tiny", help="model configuration for --random-init")
+    serve.add_argument("--random-init", action="store_true", help="serve an untrained model (tests, demos)")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--cache-size", type=int, default=16, help="images whose embeddings stay cached")
+    serve.add_argument("--rate", type=float, default=50.0, help="WebSocket messages per second per client")
+    serve.add_argument("--burst", type=int, default=100)
+    serve.add_argument("--allow-origin", action="append", help="CORS origin allowed to call the API")
+    serve.add_argument(
+        "--idle-release-s",
+        type=float,
+        default=1.0,
+        help="close the DuckDB file after this many idle seconds so readers get a turn",
+    )
+    serve.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads for the model (1 keeps click latency steady on a busy CPU; 0: torch's default)",
+    )
+    serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+
+    add = sub.add_parser("add-annotator", help="create an annotator and print their token")
+    add.add_argument("--data-dir", default="data")
+    add.add_argument("--db", type=Path, default=None)
+    add.add_argument("--name", required=True)
+    add.add_argument("--id", default=None, help="annotator id (default: the name)")
+    add.add_argument("--role", choices=("annotator", "reviewer", "admin"), default="annotator")
+    add.add_argument("--expertise", default="", help="comma-separated regions")
+    add.add_argument("--rotate", action="store_true", help="existing annotator: issue a new token")
+    add.set_defaults(func=_add_annotator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

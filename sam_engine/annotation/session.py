@@ -1,0 +1,356 @@
+"""Interactive segmentation sessions: the one click-loop API behind the browser page and simulated annotators.
+
+Contract (others build on it; keep it stable)::
+
+    service = SegmentationService(predictor, image_loader, cache_size=16)   # one per process
+    service.prefetch([image_id, ...])          # background thread computes the next images' embeddings
+    session = service.open_session(image_id, task_id=None, annotator_id=None)   # embedding computed / cached
+    result = session.add_point(x, y, positive=True)   # -> MaskResult(masks (3,H,W) bool, scores (3,), selected, clicks)
+    result = session.set_box(x0, y0, x1, y1)
+    result = session.undo()                    # previous state's result; None when back to no prompt
+    session.choose(index); session.current_mask() -> (H,W) bool; session.reset(); session.elapsed_seconds()
+
+``predictor`` is a :class:`sam_engine.predictor.SamPredictor` (or anything with its ``set_image(img,
+image_key=)`` / ``predict(point_coords, point_labels, box, mask_input, multimask_output)`` interface);
+``image_loader(image_id) -> HxWx3 uint8``. Coordinates are original-image pixels, x right, y down.
+Each click sends every prompt so far plus the previous low-res logits of the selected mask (SAM's iterative
+refinement); the selected mask is the highest-scoring one until :meth:`AnnotationSession.choose` picks another.
+``clicks`` counts prompts given since the session opened or was last reset, undone ones included (effort);
+``elapsed_seconds`` runs from the same moment. A bad prompt raises :class:`PromptError` (a ``ValueError``).
+
+One predictor serves every session of the process: a lock serialises ``set_image`` + ``predict`` and the
+prefetch thread, so an interactive call waits at most for one background encoding.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAX_PROMPTS = 128
+_clock = time.monotonic  # the session timer (tests swap it)
+
+
+class PromptError(ValueError):
+    """A click or box the session cannot take (outside the image, degenerate, too many prompts)."""
+
+
+@dataclass
+class MaskResult:
+    """The model's answer to the prompts so far: 3 candidate masks, their predicted IoUs, the chosen one."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    selected: int
+    clicks: int
+    low_res: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[self.selected]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.selected])
+
+
+class SegmentationService:
+    """Owns the predictor for a process: image and embedding caches, background prefetch, session factory."""
+
+    def __init__(
+        self, predictor: Any, image_loader: Callable[[int], np.ndarray], cache_size: int = 16
+    ) -> None:
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self.predictor = predictor
+        self.image_loader = image_loader
+        self.cache_size = cache_size
+        self._lock = threading.RLock()  # guards the predictor and `_current`
+        self._cache_lock = threading.Lock()  # guards the two LRU dicts
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._encoded: OrderedDict[int, None] = OrderedDict()
+        self._current: int | None = None
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.stats = {"loads": 0, "encodes": 0, "prefetched": 0, "predicts": 0}
+
+    # ------------------------------------------------------------------------------------- caches
+    def image(self, image_id: int) -> np.ndarray:
+        """The decoded image (LRU-cached)."""
+        image_id = int(image_id)
+        with self._cache_lock:
+            img = self._images.get(image_id)
+            if img is not None:
+                self._images.move_to_end(image_id)
+                return img
+        img = np.ascontiguousarray(self.image_loader(image_id))
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(
+                f"image {image_id}: loader returned {img.dtype} {img.shape}, expected HxWx3 uint8"
+            )
+        with self._cache_lock:
+            self.stats["loads"] += 1
+            self._images[image_id] = img
+            while len(self._images) > self.cache_size:
+                self._images.popitem(last=False)
+        return img
+
+    def is_cached(self, image_id: int) -> bool:
+        """Whether the image's embedding has been computed (and is expected in the predictor's cache)."""
+        with self._cache_lock:
+            return int(image_id) in self._encoded
+
+    def _activate(self, image_id: int) -> None:
+        """Make ``image_id`` the predictor's current image (call with ``self._lock`` held)."""
+        if self._current == image_id:
+            return
+        img = self.image(image_id)
+        self.predictor.set_image(img, image_key=image_id)
+        self._current = image_id
+        with self._cache_lock:
+            if image_id not in self._encoded:
+                self.stats["encodes"] += 1
+            self._encoded[image_id] = None
+            self._encoded.move_to_end(image_id)
+            while len(self._encoded) > self.cache_size:
+                self._encoded.popitem(last=False)
+
+    def predict(
+        self,
+        image_id: int,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the predictor on ``image_id`` (3 masks): ``(masks, scores, low_res_logits)``."""
+        with self._lock:
+            self._activate(int(image_id))
+            masks, scores, low_res = self.predictor.predict(
+                point_coords=point_coords,
+                point_labels=point_labels,
+                box=box,
+                mask_input=mask_input,
+                multimask_output=True,
+            )
+            self.stats["predicts"] += 1
+        return (
+            np.asarray(masks).astype(bool, copy=False),
+            np.asarray(scores, dtype=np.float32),
+            np.asarray(low_res),
+        )
+
+    # ------------------------------------------------------------------------------------ prefetch
+    def prefetch(self, image_ids: Sequence[int]) -> None:
+        """Queue images whose embeddings a background thread computes ahead of time, in order (FIFO).
+
+        Images already cached are skipped; a failing image is dropped silently (opening it reports the error).
+        """
+        if self._closed:
+            return
+        for image_id in image_ids:
+            if not self.is_cached(image_id):
+                self._queue.put(int(image_id))
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._prefetch_loop, name="sam-prefetch", daemon=True)
+            self._thread.start()
+
+    def _prefetch_loop(self) -> None:
+        while not self._closed:
+            try:
+                image_id = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if image_id is None:
+                    break
+                if self.is_cached(image_id):
+                    continue
+                self.image(image_id)  # disk I/O outside the predictor lock
+                with self._lock:
+                    self._activate(image_id)
+                self.stats["prefetched"] += 1
+            except Exception:  # noqa: BLE001 - a bad image must not kill the thread; opening it reports the error
+                continue
+            finally:
+                self._queue.task_done()
+
+    def wait_prefetch(self, timeout: float = 10.0) -> bool:
+        """Block until every queued prefetch has finished (tests, benchmarks); True when it has."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self) -> None:
+        """Stop the prefetch thread."""
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------------------------------ sessions
+    def open_session(
+        self, image_id: int, *, task_id: int | None = None, annotator_id: str | None = None
+    ) -> AnnotationSession:
+        """Open a click session on ``image_id`` (computes or reuses its embedding)."""
+        image_id = int(image_id)
+        img = self.image(image_id)
+        with self._lock:
+            self._activate(image_id)
+        return AnnotationSession(
+            self,
+            image_id,
+            width=int(img.shape[1]),
+            height=int(img.shape[0]),
+            task_id=task_id,
+            annotator_id=annotator_id,
+        )
+
+
+class AnnotationSession:
+    """Prompts, results and undo stack for one object at a time on one image."""
+
+    def __init__(
+        self,
+        service: SegmentationService,
+        image_id: int,
+        *,
+        width: int,
+        height: int,
+        task_id: int | None = None,
+        annotator_id: str | None = None,
+    ) -> None:
+        self.service = service
+        self.image_id = image_id
+        self.width = width
+        self.height = height
+        self.task_id = task_id
+        self.annotator_id = annotator_id
+        self.points: list[tuple[float, float, int]] = []
+        self.box: tuple[float, float, float, float] | None = None
+        self.clicks = 0
+        self.result: MaskResult | None = None
+        self._undo: list[tuple[list[tuple[float, float, int]], Any, MaskResult | None]] = []
+        self._started = _clock()
+
+    # ------------------------------------------------------------------------------------- prompts
+    def _check_point(self, x: float, y: float) -> tuple[float, float]:
+        try:
+            x, y = float(x), float(y)
+        except (TypeError, ValueError):
+            raise PromptError(f"point ({x!r}, {y!r}): coordinates must be numbers") from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise PromptError(f"point ({x}, {y}): coordinates must be finite")
+        if not (0 <= x < self.width and 0 <= y < self.height):
+            raise PromptError(
+                f"point ({x:g}, {y:g}) is outside the image: need 0 <= x < {self.width} and 0 <= y < {self.height}"
+            )
+        return x, y
+
+    def _check_room(self) -> None:
+        if len(self.points) + (self.box is not None) >= MAX_PROMPTS:
+            raise PromptError(f"too many prompts on one object (max {MAX_PROMPTS}); reset or accept first")
+
+    def _push(self) -> None:
+        self._undo.append((list(self.points), self.box, self.result))
+
+    def add_point(self, x: float, y: float, positive: bool) -> MaskResult:
+        """Add a positive (object) or negative (background) click and return the new masks."""
+        x, y = self._check_point(x, y)
+        self._check_room()
+        self._push()
+        self.points.append((x, y, 1 if positive else 0))
+        self.clicks += 1
+        return self._run()
+
+    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> MaskResult:
+        """Set (or replace) the box prompt; corners in any order, inside the image, at least 1 px each way."""
+        try:
+            coords = [float(v) for v in (x0, y0, x1, y1)]
+        except (TypeError, ValueError):
+            raise PromptError("box coordinates must be numbers") from None
+        if not all(math.isfinite(v) for v in coords):
+            raise PromptError("box coordinates must be finite")
+        x0, x1 = sorted(coords[0::2])
+        y0, y1 = sorted(coords[1::2])
+        if x0 < 0 or y0 < 0 or x1 > self.width or y1 > self.height:
+            raise PromptError(
+                f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the image ({self.width} x {self.height})"
+            )
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is smaller than one pixel")
+        self._push()
+        self.box = (x0, y0, x1, y1)
+        self.clicks += 1
+        return self._run()
+
+    def _run(self) -> MaskResult:
+        coords = labels = None
+        if self.points:
+            coords = np.array([[p[0], p[1]] for p in self.points], dtype=np.float32)
+            labels = np.array([p[2] for p in self.points], dtype=np.int64)
+        box = None if self.box is None else np.array(self.box, dtype=np.float32)
+        prev = self.result
+        mask_input = None
+        if prev is not None and prev.low_res is not None:
+            mask_input = prev.low_res[prev.selected][None]
+        masks, scores, low_res = self.service.predict(self.image_id, coords, labels, box, mask_input)
+        if masks.ndim != 3 or masks.shape[1:] != (self.height, self.width):
+            raise RuntimeError(
+                f"predictor returned masks of shape {masks.shape}, expected (K, {self.height}, {self.width})"
+            )
+        self.result = MaskResult(masks, scores, int(np.argmax(scores)), self.clicks, low_res)
+        return self.result
+
+    def undo(self) -> MaskResult | None:
+        """Drop the last prompt and restore the previous masks (None when no prompt is left)."""
+        if not self._undo:
+            return None
+        self.points, self.box, self.result = self._undo.pop()
+        return self.result
+
+    def choose(self, index: int) -> None:
+        """Select one of the candidate masks."""
+        if self.result is None:
+            raise PromptError("no masks to choose from yet: click on the image first")
+        if not isinstance(index, int | np.integer) or not 0 <= index < len(self.result.masks):
+            raise PromptError(f"mask index {index!r} out of range 0..{len(self.result.masks) - 1}")
+        self.result.selected = int(index)
+
+    def current_mask(self) -> np.ndarray:
+        """The selected mask (all False before the first prompt)."""
+        if self.result is None:
+            return np.zeros((self.height, self.width), dtype=bool)
+        return self.result.masks[self.result.selected]
+
+    def prompt(self) -> dict:
+        """The prompts in effect, JSON-ready (stored with an accepted mask)."""
+        return {
+            "points": [[p[0], p[1], p[2]] for p in self.points],
+            "box": list(self.box) if self.box else None,
+        }
+
+    def reset(self) -> None:
+        """Start the next object: clear prompts, masks, undo stack, click count and timer."""
+        self.points = []
+        self.box = None
+        self.result = None
+        self._undo = []
+        self.clicks = 0
+        self._started = _clock()
+
+    def elapsed_seconds(self) -> float:
+        """Seconds since the session opened or was last reset."""
+        return _clock() - self._started

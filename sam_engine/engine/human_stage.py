@@ -1,0 +1,176 @@
+"""Human work in stages 1 and 2: tasks into the store, then simulated (or real) annotators complete them.
+
+With ``annotators="simulated"`` the simulated annotators work every pending task through the same
+session API the browser uses; with ``"human"`` the functions only collect what people have finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from ..annotation.consensus import ConsensusConfig, resolved_masks, run_consensus
+from ..annotation.gold import GoldStandard, annotator_weights
+from ..annotation.queue import QueueConfig, create_stage_tasks
+from ..annotation.session import SegmentationService
+from ..annotation.simulated import SimulatedAnnotator, SimulatedReviewer
+from ..data import rle as rle_utils
+from ..data.corpus import ImageRecord, MaskCorpus
+from ..model_store import ModelRef
+from .annotators import ensure_annotators
+from .workspace import Workspace
+
+
+def register_images(store, records: list[ImageRecord], split: str, source: str) -> None:
+    store.add_images(
+        [
+            {
+                "image_id": r.image_id,
+                "file_name": r.file_name,
+                "width": r.width,
+                "height": r.height,
+                "region": r.region,
+                "split": split,
+                "source": source,
+            }
+            for r in records
+        ]
+    )
+
+
+def create_tasks(
+    ws: Workspace,
+    store,
+    stage: int,
+    images: list[ImageRecord],
+    *,
+    kind: str = "annotate",
+    honeypots: bool = True,
+    priorities: list[float] | None = None,
+) -> dict[str, Any]:
+    """Create (once) the tasks of a stage batch; re-running with tasks already there creates nothing."""
+    s = ws.cfg.stages
+    batch = f"stage{stage}-{kind}"
+    existing = store.tasks(stage=stage)
+    if len(existing) and (existing["batch"] == batch).any():
+        part = existing[existing["batch"] == batch]
+        return {"batch": batch, "created": 0, "tasks": int(len(part))}
+    regions = sorted({r.region for r in ws.pool.images if r.region})
+    ensure_annotators(store, s.annotators, s.reviewers, regions)
+    register_images(store, images, f"stage{stage}", "pool")
+    gold_ids = [im.image_id for im in ws.gold.images] if honeypots else []
+    if gold_ids:
+        register_images(store, ws.gold.images, "gold", "gold")
+    config = QueueConfig(
+        overlap_fraction=s.overlap_fraction if stage == 1 else 0.0,
+        overlap_k=s.overlap_k,
+        honeypot_rate=s.honeypot_rate if honeypots else 0.0,
+        seed=ws.cfg.seed + stage,
+    )
+    ids = create_stage_tasks(
+        store,
+        stage,
+        [r.image_id for r in images],
+        kind=kind,
+        gold_images=gold_ids,
+        config=config,
+        batch=batch,
+        priorities=priorities,
+    )
+    return {"batch": batch, "created": len(ids), "tasks": len(ids)}
+
+
+def simulate_stage(
+    ws: Workspace, store, stage: int, model: ModelRef, log_fn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Simulated annotators work every pending annotation task of ``stage``; reviewers work the reviews."""
+    s = ws.cfg.stages
+    regions = sorted({r.region for r in ws.pool.images if r.region})
+    profiles = ensure_annotators(store, s.annotators, s.reviewers, regions)
+    gt = ws.ground_truth()
+    gold = GoldStandard({im.image_id: ws.gold.masks_for(im.image_id) for im in ws.gold.images})
+    service = SegmentationService(ws.predictor(model), ws.load, cache_size=8)
+    done = 0
+    try:
+        for aid, profile in profiles.items():
+            # "in_progress" tasks were interrupted (masks and the "done" status are committed together, so
+            # such a task has no masks yet): they are worked again
+            pending = [t for t in store.tasks_for(aid, status=["pending", "in_progress"])
+                       if t["stage"] == stage and t["kind"] in ("annotate", "honeypot", "complete")]
+            if not pending:
+                continue
+            sim = SimulatedAnnotator(
+                aid, profile, service, store, gt, seed=ws.cfg.seed, gold=gold, image_budget_s=s.image_budget_s
+            )
+            for task in pending:
+                sim.work(task)
+                done += 1
+                _fault_point(f"stage{stage}_task", done)
+            if log_fn:
+                log_fn(f"stage {stage}: {aid} ({profile.name}) finished {len(pending)} tasks")
+    finally:
+        service.close()
+    return {"tasks_worked": done}
+
+
+def review_stage(ws: Workspace, store, stage: int) -> int:
+    """Simulated reviewers work the stage's open review tasks; returns the number of verdicts."""
+    gt = ws.ground_truth()
+    n = 0
+    for i in range(ws.cfg.stages.reviewers):
+        n += len(SimulatedReviewer(f"rev_{i + 1:02d}", store, gt).work_queue())
+    # review tasks nobody was assigned to go to the first reviewer
+    open_reviews = store.tasks(status="pending", stage=stage)
+    open_reviews = open_reviews[open_reviews["kind"] == "review"]
+    if len(open_reviews):
+        reviewer = SimulatedReviewer("rev_01", store, gt)
+        for task in open_reviews.to_dict("records"):
+            n += len(reviewer.work(task))
+    return n
+
+
+def consolidate(ws: Workspace, store, stage: int) -> dict[str, Any]:
+    """Consensus over overlapping images (weighted by gold accuracy), then review of flagged masks."""
+    weights = annotator_weights(store.gold_scores())
+    report = run_consensus(store, stage, weights=weights, config=ConsensusConfig())
+    verdicts = review_stage(ws, store, stage) if ws.cfg.stages.reviewers else 0
+    return {"consensus_images": report.images, "flagged": report.flagged, "review_verdicts": verdicts}
+
+
+def stage_masks_frame(store, stage: int, gold_ids: set[int]) -> pd.DataFrame:
+    """The stage's accepted, consensus-resolved masks on pool images (honeypot work excluded)."""
+    df = resolved_masks(store, stage)
+    if len(df):
+        df = df[~df["image_id"].isin(gold_ids)]
+    return df.reset_index(drop=True)
+
+
+def masks_corpus(ws: Workspace, frames: list[pd.DataFrame]) -> MaskCorpus:
+    """A training corpus from store masks (image records from the pool)."""
+    anns: dict[int, list[dict]] = {}
+    for df in frames:
+        for row in df.itertuples(index=False):
+            rle = row.rle
+            anns.setdefault(int(row.image_id), []).append(
+                {
+                    "id": int(row.mask_id),
+                    "image_id": int(row.image_id),
+                    "segmentation": rle,
+                    "area": int(row.area),
+                    "bbox": rle_utils.bbox_xywh(rle),
+                    "iscrowd": 0,
+                }
+            )
+    images = [ws.record(i) for i in sorted(anns)]
+    return MaskCorpus(images=images, annotations=anns, source=f"{ws.cfg.duckdb_path}")
+
+
+def _fault_point(name: str, count: int) -> None:
+    """Test hook: ``SAM_ENGINE_FAULT=<name>:<count>`` SIGKILLs this process when ``count`` is reached."""
+    spec = os.environ.get("SAM_ENGINE_FAULT", "")
+    if spec and spec == f"{name}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)

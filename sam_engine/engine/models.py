@@ -1,0 +1,170 @@
+"""Model versions: train or fine-tune, evaluate on held-out data, put in the model store, register in MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.corpus import MaskCorpus
+from ..model_store import ModelRef
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def corpus_hash(corpus: MaskCorpus) -> str:
+    """Content hash of a training corpus: image ids, sizes and every mask's RLE."""
+    h = hashlib.sha256()
+    for im in sorted(corpus.images, key=lambda r: r.image_id):
+        h.update(f"{im.image_id}:{im.width}x{im.height};".encode())
+        for ann in corpus.masks_for(im.image_id):
+            h.update(json.dumps(ann["segmentation"], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def train_version(
+    ws: Workspace,
+    name: str,
+    corpus: MaskCorpus,
+    parent: ModelRef | None,
+    *,
+    val_corpus: MaskCorpus | None = None,
+    log_fn: Callable[[str], None] | None = None,
+) -> tuple[ModelRef, bool]:
+    """Train model ``name`` on ``corpus`` (from scratch when ``parent`` is None, else fine-tune it).
+
+    The training folder is keyed by the data hash and the parent's checkpoint hash: the same inputs reuse the
+    finished checkpoint (re-materializing is idempotent), an interrupted run resumes from its last
+    checkpoint, and new data starts a new run that becomes a new registered model version.
+    Returns (ref, trained_now).
+    """
+    from ..training.train import train_model
+
+    cfg = ws.cfg
+    data_hash = corpus_hash(corpus)
+    key = hashlib.sha256(
+        f"{data_hash}:{parent.sha256 if parent else cfg.model.name}:{cfg.seed}".encode()
+    ).hexdigest()
+    out_dir = cfg.data_dir / "training" / name / key[:16]
+    t = cfg.train
+    finetune = parent is not None
+    exported = out_dir / "model.pt"
+    data = {
+        "images": len(corpus.images),
+        "masks": corpus.num_masks,
+        "data_sha256": data_hash,
+        "parent": parent.name if parent else None,
+        "parent_sha256": parent.sha256 if parent else None,
+    }
+    try:
+        existing = ws.model_store.get(name)
+    except FileNotFoundError:
+        existing = None
+    if exported.exists() and existing is not None and existing.data.get("train_key") == key:
+        if log_fn:
+            log_fn(f"{name}: same data and parent as the stored version; reusing {existing.checkpoint}")
+        return existing, False
+    result = train_model(
+        corpus,
+        parent.checkpoint if parent else cfg.model.name,
+        out_dir,
+        max_steps=t.finetune_steps if finetune else t.max_steps,
+        max_minutes=t.max_minutes if not finetune else max(0.2, t.max_minutes / 5),
+        batch_size=t.batch_size,
+        lr=t.finetune_lr if finetune else t.lr,
+        seed=cfg.seed,
+        val_corpus=val_corpus,
+        resume=True,
+        mlflow=ws.tracking,
+        warmup_steps=t.warmup_steps if not finetune else max(1, t.warmup_steps // 4),
+        weight_decay=t.weight_decay,
+        num_workers=t.num_workers,
+        val_max_objects=cfg.eval.public_val_objects,
+        final_eval_clicks=cfg.eval.max_clicks,
+        run_name=name,
+        tags={"engine_model": name, "train_key": key},
+        progress_bar=True,
+    )
+    data.update({"train_key": key, "steps": result.steps})
+    ref = ws.model_store.put(
+        name,
+        result.checkpoint,
+        parent=parent.name if parent else None,
+        mlflow_run_id=result.run_id,
+        registered_version=result.model_version,
+        metrics={
+            k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float) and np.isfinite(v)
+        },
+        data=data,
+    )
+    return ref, True
+
+
+def evaluate_version(
+    ws: Workspace, ref: ModelRef, *, with_amg: bool = True, log_fn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Held-out evaluation on the gold set: click-protocol metrics, per region, and automatic-mask recall."""
+    from ..evaluation.interactive import ClickProtocol, evaluate_corpus
+
+    cfg = ws.cfg
+    predictor = ws.predictor(ref)
+    protocol = ClickProtocol(max_clicks=cfg.eval.max_clicks)
+    df, summary = evaluate_corpus(
+        predictor, ws.gold, protocol, max_objects=cfg.eval.gold_objects, seed=cfg.seed, min_area=16
+    )
+    metrics: dict[str, Any] = {
+        f"gold/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)
+    }
+    by_region = summary.get("by_region") or {}
+    if with_amg:
+        amg = amg_recall(ws, ref)
+        metrics.update({f"gold_amg/{k}": float(v) for k, v in amg.items()})
+    if log_fn:
+        log_fn(f"{ref.name}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
+    if ref.mlflow_run_id:
+        from ..tracking import log_metrics
+
+        log_metrics(ws.tracking, ref.mlflow_run_id, {k.replace(">", "_gt_"): v for k, v in metrics.items()})
+    ws.model_store.update(ref.name, metrics={**ref.metrics, **metrics})
+    metrics["by_region"] = by_region
+    return metrics
+
+
+def amg_params(ws: Workspace):
+    from ..amg.params import AmgParams
+
+    s = ws.cfg.stages
+    return AmgParams(
+        points_per_side=s.amg_points_per_side,
+        points_per_batch=s.amg_points_per_batch,
+        pred_iou_thresh=s.amg_pred_iou_thresh,
+        stability_score_thresh=s.amg_stability_score_thresh,
+    )
+
+
+def amg_recall(ws: Workspace, ref: ModelRef) -> dict[str, float]:
+    """Automatic masks of ``ref`` on a seeded slice of the gold set, scored against its ground truth."""
+    from ..amg.generator import AutomaticMaskGenerator
+    from ..evaluation.amg_metrics import evaluate_amg
+
+    gold = ws.gold
+    rng = np.random.default_rng(ws.cfg.seed + 17)
+    n = min(ws.cfg.eval.gold_amg_images, len(gold.images))
+    pick = sorted(rng.choice(len(gold.images), size=n, replace=False))
+    gen = AutomaticMaskGenerator(ws.load_model(ref), amg_params(ws))
+    pred, gt = {}, {}
+    for i in pick:
+        im = gold.images[i]
+        pred[im.image_id] = gen.generate(ws.load(im.image_id))
+        gt[im.image_id] = gold.masks_for(im.image_id)
+    return evaluate_amg(pred, gt)
+
+
+def checkpoint_path(ref: ModelRef) -> Path:
+    return Path(ref.checkpoint)

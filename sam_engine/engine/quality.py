@@ -1,0 +1,145 @@
+"""Quality tables over the store and the shards: by stage, region coverage, drift of shard score distributions."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STAGE_COLUMNS = [
+    "stage",
+    "images",
+    "masks",
+    "masks_per_image",
+    "human_masks",
+    "clicks_per_mask",
+    "seconds_per_mask",
+    "manual_fix_share",
+    "auto_accept_share",
+]
+
+
+def quality_by_stage(
+    store, shards: list[dict] | None = None, gold_ids: set[int] | frozenset = frozenset()
+) -> pd.DataFrame:
+    """Per stage: images, accepted masks, masks per image, human clicks and modelled seconds per human mask,
+    share of masks accepted automatically (stage 2 model masks; stage 3 is all automatic)."""
+    masks = store.masks(status="accepted")
+    rows = []
+    for stage in (1, 2):
+        m = masks[(masks["stage"] == stage) & ~masks["image_id"].isin(gold_ids)] if len(masks) else masks
+        if len(m):
+            # resolved view: consensus masks replace the per-annotator masks on overlap images
+            cons_images = set(m.loc[m["source"] == "consensus", "image_id"])
+            final = m[~(m["image_id"].isin(cons_images) & (m["source"] == "human"))]
+        else:
+            final = m
+        human = m[m["source"] == "human"] if len(m) else m
+        auto = final[final["source"] == "model"] if len(final) else final
+        rows.append(
+            {
+                "stage": stage,
+                "images": int(final["image_id"].nunique()) if len(final) else 0,
+                "masks": int(len(final)),
+                "masks_per_image": float(len(final) / max(1, final["image_id"].nunique()))
+                if len(final)
+                else 0.0,
+                "human_masks": int(len(human)),
+                "clicks_per_mask": float(human["clicks"].mean()) if len(human) else float("nan"),
+                "seconds_per_mask": float(human["seconds"].mean()) if len(human) else float("nan"),
+                "manual_fix_share": float(human["manual_fix"].mean()) if len(human) else float("nan"),
+                "auto_accept_share": float(len(auto) / len(final)) if len(final) else 0.0,
+            }
+        )
+    if shards:
+        n_img = sum(s["images"] for s in shards)
+        n_masks = sum(s["masks"] for s in shards)
+        rows.append(
+            {
+                "stage": 3,
+                "images": n_img,
+                "masks": n_masks,
+                "masks_per_image": n_masks / max(1, n_img),
+                "human_masks": 0,
+                "clicks_per_mask": 0.0,
+                "seconds_per_mask": 0.0,
+                "manual_fix_share": 0.0,
+                "auto_accept_share": 1.0,
+            }
+        )
+    return pd.DataFrame(rows, columns=STAGE_COLUMNS)
+
+
+def region_coverage(
+    pool_regions: dict[int, str | None],
+    store,
+    shards: list[dict] | None = None,
+    shard_image_ids: list[int] | None = None,
+) -> pd.DataFrame:
+    """Per region: pool images, images with at least one accepted mask (any stage), and the covered share."""
+    masks = store.masks(status="accepted")
+    covered = set(masks["image_id"].astype(int)) if len(masks) else set()
+    covered |= set(shard_image_ids or [])
+    counts: dict[str, list[int]] = {}
+    for image_id, region in pool_regions.items():
+        c = counts.setdefault(region or "none", [0, 0])
+        c[0] += 1
+        c[1] += int(image_id in covered)
+    rows = [
+        {"region": r, "pool_images": n, "covered_images": k, "coverage": k / n if n else 0.0}
+        for r, (n, k) in sorted(counts.items())
+    ]
+    return pd.DataFrame(rows, columns=["region", "pool_images", "covered_images", "coverage"])
+
+
+def shard_score_distribution(shard_path: str | Path) -> pd.DataFrame:
+    """predicted_iou and stability_score of every mask in a shard."""
+    rows = []
+    with tarfile.open(shard_path) as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(".json"):
+                doc = json.load(tar.extractfile(member))
+                for a in doc["annotations"]:
+                    rows.append(
+                        {
+                            "predicted_iou": a["predicted_iou"],
+                            "stability_score": a["stability_score"],
+                            "area_fraction": a["area"] / (doc["image"]["width"] * doc["image"]["height"]),
+                        }
+                    )
+    return pd.DataFrame(rows, columns=["predicted_iou", "stability_score", "area_fraction"])
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic (0 = same distribution, 1 = disjoint)."""
+    if len(a) == 0 or len(b) == 0:
+        return 1.0 if len(a) != len(b) else 0.0
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(a, b).statistic)
+
+
+def drift(
+    baseline: pd.DataFrame,
+    current: pd.DataFrame,
+    qa_baseline: float | None = None,
+    qa_current: float | None = None,
+    max_ks: float = 0.25,
+    max_qa_drop: float = 0.1,
+) -> dict:
+    """Compare a shard's score distributions (and QA share) with the baseline; ``drifted`` when over limits."""
+    out = {
+        f"ks_{c}": ks_distance(baseline[c].to_numpy(), current[c].to_numpy())
+        for c in ("predicted_iou", "stability_score", "area_fraction")
+    }
+    reasons = [k for k, v in out.items() if v > max_ks]
+    if qa_baseline is not None and qa_current is not None:
+        out["qa_drop"] = qa_baseline - qa_current
+        if out["qa_drop"] > max_qa_drop:
+            reasons.append("qa_drop")
+    out["drifted"] = bool(reasons)
+    out["reasons"] = reasons
+    return out

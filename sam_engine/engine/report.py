@@ -1,0 +1,252 @@
+"""The engine report (text, Markdown, HTML with plots), drift of shards, and the stage table's schema."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from ..io import atomic_write_text
+from . import quality
+from .workspace import Workspace
+
+STAGE_SCHEMA = pa.DataFrameSchema(
+    {
+        "stage": pa.Column(int, pa.Check.isin([1, 2, 3]), unique=True),
+        "images": pa.Column(int, pa.Check.ge(0)),
+        "masks": pa.Column(int, pa.Check.ge(0)),
+        "masks_per_image": pa.Column(float, pa.Check.ge(0)),
+        "human_masks": pa.Column(int, pa.Check.ge(0)),
+        "clicks_per_mask": pa.Column(float, pa.Check.ge(0), nullable=True),
+        "seconds_per_mask": pa.Column(float, pa.Check.ge(0), nullable=True),
+        "manual_fix_share": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
+        "auto_accept_share": pa.Column(float, pa.Check.in_range(0, 1)),
+    },
+    coerce=True,
+)
+
+MODEL_KEYS = [
+    ("gold/miou@1", "mIoU@1"),
+    ("gold/miou@3", "mIoU@3"),
+    ("gold/miou@5", "mIoU@5"),
+    ("gold/oracle_miou@1", "oracle mIoU@1"),
+    ("gold/noc@85", "NoC@85"),
+    ("gold/noc@90", "NoC@90"),
+    ("gold_amg/recall@0.5", "AMG recall@0.5"),
+    ("gold_amg/recall@0.75", "AMG recall@0.75"),
+    ("gold_amg/AR@100", "AR@100"),
+    ("gold_amg/share_iou>0.9", "masks IoU>0.9"),
+    ("gold_amg/masks_per_image", "AMG masks/img"),
+]
+
+
+def validate_stage_table(df: pd.DataFrame) -> tuple[bool, str]:
+    try:
+        STAGE_SCHEMA.validate(df, lazy=True)
+        return True, "ok"
+    except (pa.errors.SchemaErrors, pa.errors.SchemaError) as e:
+        return False, str(e)[:2000]
+
+
+def _png_md(fig, title: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')})"
+
+
+def coverage_chart(df: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.bar(df["region"], df["coverage"], color="#3b7dd8")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("covered share")
+    ax.set_title("Region coverage")
+    for i, (n, k) in enumerate(zip(df["pool_images"], df["covered_images"], strict=True)):
+        ax.text(i, 0.02, f"{k}/{n}", ha="center", fontsize=8, color="white")
+    return _png_md(fig, "region coverage")
+
+
+def models_table(evals: dict[str, dict]) -> pd.DataFrame:
+    rows = []
+    for name, ev in evals.items():
+        row = {"model": name}
+        for key, label in MODEL_KEYS:
+            v = ev.get(key)
+            row[label] = float(v) if isinstance(v, int | float) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def models_chart(models: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+    for ax, cols, title in (
+        (axes[0], ["mIoU@1", "mIoU@3", "mIoU@5"], "gold mIoU at k clicks"),
+        (axes[1], ["NoC@85", "NoC@90"], "gold NoC (lower is better)"),
+        (axes[2], ["AMG recall@0.5", "masks IoU>0.9"], "automatic masks"),
+    ):
+        for c in cols:
+            ax.plot(models["model"], models[c], marker="o", label=c)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    return _png_md(fig, "models")
+
+
+def shard_drift(ws: Workspace, shards: list[dict], paths: list[Path]) -> dict[str, Any]:
+    """Newest shard against the first one (the baseline)."""
+    if not shards:
+        return {"drifted": False, "reasons": [], "baseline": "", "current": ""}
+    base, cur = shards[0], shards[-1]
+    by_name = {Path(p).name: p for p in paths}
+    base_df = quality.shard_score_distribution(by_name.get(Path(base["path"]).name, base["path"]))
+    cur_df = quality.shard_score_distribution(by_name.get(Path(cur["path"]).name, cur["path"]))
+    out = quality.drift(base_df, cur_df, base["qa"]["share_good"], cur["qa"]["share_good"])
+    out.update(
+        {
+            "baseline": Path(base["path"]).name,
+            "current": Path(cur["path"]).name,
+            "model_sha256": cur.get("model_sha256", ""),
+        }
+    )
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _text_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    cells = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [
+        max(len(str(c)), *(len(r[i]) for r in cells)) if cells else len(str(c)) for i, c in enumerate(cols)
+    ]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def build_report(
+    ws: Workspace,
+    stages: pd.DataFrame,
+    coverage: pd.DataFrame,
+    annotators: pd.DataFrame,
+    evals: dict[str, dict],
+    shards: list[dict],
+) -> dict[str, Any]:
+    """Assemble the report; writes ``reports/engine_report.html`` (and .md) under the data folder."""
+    models = models_table(evals)
+    gold_true = sum(
+        1 for anns in ws.gold.annotations.values() for a in anns if a.get("level", "whole") == "whole"
+    )
+    gold_per_image = gold_true / max(1, len(ws.gold.images))
+    stage3 = stages[stages["stage"] == 3]
+    s3_per_image = float(stage3["masks_per_image"].iloc[0]) if len(stage3) else 0.0
+    qa = [s["qa"]["share_good"] for s in shards]
+    summary = {
+        "profile": ws.cfg.profile,
+        "stage3_masks_per_image": s3_per_image,
+        "gold_whole_objects_per_image": gold_per_image,
+        "stage3_qa_good_share": float(np.mean(qa)) if qa else float("nan"),
+        "models": {
+            r["model"]: {k: r[k] for k in models.columns if k != "model"} for r in models.to_dict("records")
+        },
+    }
+    ann_cols = [
+        c
+        for c in ("annotator_id", "masks", "clicks_per_mask", "seconds_per_mask", "gold_iou", "agreement")
+        if c in annotators.columns
+    ]
+    ann = annotators[ann_cols] if len(annotators) else annotators
+    text = "\n".join(
+        [
+            f"== sam-engine report ({ws.cfg.profile} profile, data in {ws.cfg.data_dir}) ==",
+            "",
+            "Stages",
+            _text_table(stages),
+            f"stage-3 masks per image {s3_per_image:.1f} vs gold whole objects per image {gold_per_image:.1f} "
+            f"(ratio {s3_per_image / max(gold_per_image, 1e-9):.2f}); QA good share {summary['stage3_qa_good_share']:.3f}",
+            "",
+            "Models on the gold set (held out)",
+            _text_table(models),
+            "",
+            "Region coverage",
+            _text_table(coverage),
+            "",
+            "Annotators",
+            _text_table(ann) if len(ann) else "(none)",
+        ]
+    )
+    markdown = "\n\n".join(
+        [
+            "### Stages",
+            _md_table(stages),
+            "### Models on the gold set",
+            _md_table(models),
+            models_chart(models),
+            "### Region coverage",
+            _md_table(coverage),
+            coverage_chart(coverage),
+            "### Annotators",
+            _md_table(ann) if len(ann) else "_none_",
+        ]
+    )
+    body = markdown_to_html(markdown)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sam-engine report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style></head><body>"
+        f"<h1>sam-engine report</h1><p>profile {html.escape(ws.cfg.profile)}</p>{body}</body></html>"
+    )
+    out = ws.cfg.reports_dir / "engine_report.html"
+    atomic_write_text(out, page)
+    atomic_write_text(ws.cfg.reports_dir / "engine_report.txt", text)
+    return {"text": text, "markdown": markdown, "html_path": str(out), "summary": summary, "models": models}
+
+
+def markdown_to_html(md: str) -> str:
+    """Just enough Markdown for the report: headings, pipe tables and inline base64 images."""
+    out = []
+    for block in md.split("\n\n"):
+        b = block.strip()
+        if b.startswith("### "):
+            out.append(f"<h3>{html.escape(b[4:])}</h3>")
+        elif b.startswith("!["):
+            src = b[b.index("(") + 1 : b.rindex(")")]
+            out.append(f"<img src='{src}'/>")
+        elif b.startswith("|"):
+            rows = [r for r in b.splitlines() if not r.startswith("|---")]
+            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        else:
+            out.append(f"<p>{html.escape(b)}</p>")
+    return "\n".join(out)

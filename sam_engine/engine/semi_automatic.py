@@ -1,0 +1,116 @@
+"""Stage 2: model v1 proposes masks; confident ones are accepted, medium ones reviewed, and people complete
+what it missed on images chosen by the diversity sampler (low confidence, under-covered regions first)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from ..data.corpus import ImageRecord
+from ..model_store import ModelRef
+from ..stage2 import RoutingConfig, SamplerWeights, commit_proposals, sample_images
+from .human_stage import register_images
+from .models import amg_params
+from .workspace import Workspace
+
+
+def propose(
+    ws: Workspace,
+    store,
+    images: list[ImageRecord],
+    model: ModelRef,
+    log_fn: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Run v1's automatic mask generator on the stage-2 images and route every proposal.
+
+    Images whose proposals are already in the store are not proposed again (idempotent re-runs).
+    Returns one row per image: region, proposals, accepted, review, discarded, mean predicted IoU.
+    """
+    from ..amg.generator import AutomaticMaskGenerator
+
+    register_images(store, images, "stage2", "pool")
+    s = ws.cfg.stages
+    routing = RoutingConfig(accept_iou=s.stage2_accept_iou, review_iou=s.stage2_review_iou)
+    done = store.query("SELECT DISTINCT image_id FROM masks WHERE stage = 2 AND source = 'model'")
+    done_ids = set(done["image_id"].astype(int)) if len(done) else set()
+    prior = _proposal_log(ws)
+    gen = None
+    rows = []
+    for rec in tqdm(images, desc="stage-2 proposals", leave=False):
+        if rec.image_id in done_ids and rec.image_id in prior:
+            rows.append(prior[rec.image_id])
+            continue
+        gen = gen or AutomaticMaskGenerator(ws.load_model(model), amg_params(ws))
+        proposals = gen.generate(ws.load(rec.image_id))
+        report = commit_proposals(
+            store,
+            rec.image_id,
+            proposals,
+            height=rec.height,
+            width=rec.width,
+            stage=2,
+            config=routing,
+            batch="stage2-review",
+        )
+        c = report.counts
+        rows.append(
+            {
+                "image_id": rec.image_id,
+                "region": rec.region,
+                "proposals": len(proposals),
+                "accepted": c.get("accept", 0),
+                "review": c.get("review", 0),
+                "discarded": c.get("discard", 0),
+                "mean_predicted_iou": report.mean_predicted_iou,
+                "coverage": report.coverage,
+            }
+        )
+    df = pd.DataFrame(rows)
+    _save_proposal_log(ws, df)
+    if log_fn:
+        log_fn(
+            f"stage 2: {int(df['proposals'].sum())} proposals on {len(df)} images; "
+            f"{int(df['accepted'].sum())} accepted, {int(df['review'].sum())} to review"
+        )
+    return df
+
+
+def _log_path(ws: Workspace):
+    return ws.cfg.data_dir / "stage2_proposals.parquet"
+
+
+def _proposal_log(ws: Workspace) -> dict[int, dict[str, Any]]:
+    path = _log_path(ws)
+    if not path.exists():
+        return {}
+    return {int(r["image_id"]): r for r in pd.read_parquet(path).to_dict("records")}
+
+
+def _save_proposal_log(ws: Workspace, df: pd.DataFrame) -> None:
+    path = _log_path(ws)
+    tmp = path.with_suffix(".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def choose_for_completion(ws: Workspace, store, proposals: pd.DataFrame) -> list[int]:
+    """The diversity sampler's pick of stage-2 images for human completion (best first)."""
+    masks = store.masks(status="accepted")
+    region_of = {im.image_id: im.region for im in ws.pool.images}
+    counts: dict[str, float] = {}
+    if len(masks):
+        human = masks[masks["source"].isin(["human", "consensus"])]
+        for image_id in set(human["image_id"].astype(int)):
+            r = region_of.get(image_id)
+            if r:
+                counts[r] = counts.get(r, 0.0) + 1
+    return sample_images(
+        proposals[["image_id", "region", "mean_predicted_iou"]],
+        ws.cfg.stages.stage2_complete_images,
+        weights=SamplerWeights(),
+        region_counts=counts,
+        seed=ws.cfg.seed,
+    )

@@ -1,0 +1,102 @@
+"""Mask decoder: IoU token + 4 mask tokens through the two-way transformer, upscaling, hypernetwork MLPs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sam_engine.model.common import MLP, LayerNorm2d
+from sam_engine.model.transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    """Predicts masks and their IoU from an image embedding and prompt embeddings.
+
+    Mask token 0 gives the single-mask output; tokens 1..num_multimask_outputs the multimask outputs.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (masks Bx{1|3}x4hx4w logits, iou_pred Bx{1|3}).
+
+        ``image_embeddings`` is 1xCxhxw (shared by all B prompts) or BxCxhxw (one per prompt).
+        """
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sel], iou_pred[:, sel]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` masks and IoU predictions (no output selection)."""
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
+        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+
+        if image_embeddings.shape[0] not in (1, b):
+            raise ValueError(
+                f"MaskDecoder: image_embeddings batch {image_embeddings.shape[0]} must be 1 or the prompt batch {b}"
+            )
+        src = image_embeddings + dense_prompt_embeddings
+        if src.shape[0] != b:
+            src = src.expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+
+        hs, src = self.transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        _, uc, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred

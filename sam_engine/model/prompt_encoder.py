@@ -1,0 +1,150 @@
+"""Prompt encoder: points and boxes to sparse tokens, a low-res mask to a dense embedding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sam_engine.model.common import LayerNorm2d
+
+# Point labels understood by the prompt encoder.
+LABEL_PAD = -1
+LABEL_BACKGROUND = 0
+LABEL_FOREGROUND = 1
+LABEL_BOX_TOP_LEFT = 2
+LABEL_BOX_BOTTOM_RIGHT = 3
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Positional encoding with random spatial frequencies (Fourier features, Tancik et al. 2020)."""
+
+    def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
+        super().__init__()
+        if scale is None or scale <= 0.0:
+            scale = 1.0
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+
+    def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
+        """Encode coordinates normalised to [0, 1] (shape ..., 2) to (..., 2*num_pos_feats)."""
+        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def forward(self, size: tuple[int, int]) -> torch.Tensor:
+        """Encoding of every cell centre of an (h, w) grid: (C, h, w)."""
+        h, w = size
+        matrix = self.positional_encoding_gaussian_matrix
+        ys = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
+        grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1)
+        return self._pe_encoding(grid).permute(2, 0, 1)
+
+    def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Encode xy pixel coordinates of an (H, W) input image: (..., 2) to (..., C)."""
+        coords = coords_input.to(torch.float32)
+        coords = torch.stack([coords[..., 0] / image_size[1], coords[..., 1] / image_size[0]], dim=-1)
+        return self._pe_encoding(coords)
+
+
+class PromptEncoder(nn.Module):
+    """Embeds points (labels 1 fg, 0 bg, 2/3 box corners, -1 padding), boxes and low-res masks."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
+        mask_in_chans: int,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.input_image_size = tuple(input_image_size)
+        self.image_embedding_size = tuple(image_embedding_size)
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        self.num_point_embeddings = 4  # background, foreground, box top-left, box bottom-right
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            activation(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            activation(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """Positional encoding of the image embedding grid: (1, C, h, w)."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        points = points.to(torch.float32) + 0.5  # pixel centres
+        if pad:
+            points = torch.cat([points, points.new_zeros((points.shape[0], 1, 2))], dim=1)
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), LABEL_PAD)], dim=1)
+        pe = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        labels = labels[..., None]
+        # padding points carry no position, only the not-a-point embedding
+        out = torch.where(labels == LABEL_PAD, self.not_a_point_embed.weight, pe)
+        for value, table in enumerate(self.point_embeddings):
+            out = out + (labels == value).to(out.dtype) * table.weight
+        return out
+
+    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        corners = (boxes.to(torch.float32) + 0.5).reshape(-1, 2, 2)
+        pe = self.pe_layer.forward_with_coords(corners, self.input_image_size)
+        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        return pe + corner_embed
+
+    def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        return self.mask_downscaling(masks)
+
+    @staticmethod
+    def _batch_size(
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+    ) -> int:
+        if points is not None:
+            return points[0].shape[0]
+        if boxes is not None:
+            return boxes.shape[0]
+        if masks is not None:
+            return masks.shape[0]
+        return 1
+
+    def forward(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return sparse (B, N, C) and dense (B, C, h, w) embeddings.
+
+        ``points`` = (coords BxNx2 xy in input-image pixels, labels BxN); ``boxes`` Bx4 xyxy;
+        ``masks`` Bx1x(4h)x(4w) logits. A padding point is appended when points come without a box.
+        """
+        bs = self._batch_size(points, boxes, masks)
+        device = self.point_embeddings[0].weight.device
+        parts = []
+        if points is not None:
+            coords, labels = points
+            parts.append(self._embed_points(coords, labels, pad=boxes is None))
+        if boxes is not None:
+            parts.append(self._embed_boxes(boxes))
+        if parts:
+            sparse = torch.cat(parts, dim=1)
+        else:
+            sparse = torch.empty((bs, 0, self.embed_dim), device=device)
+        if masks is not None:
+            dense = self._embed_masks(masks)
+        else:
+            h, w = self.image_embedding_size
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+        return sparse, dense

@@ -1,0 +1,21 @@
+"""DuckDB-backed quality store: images, annotators, tasks, masks, events, reviews, gold scores."""
+
+from .store import (
+    SCHEMA_VERSION,
+    QualityStore,
+    StoreBusyError,
+    connect_read_only,
+    hash_secret,
+    make_token,
+    split_token,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "QualityStore",
+    "StoreBusyError",
+    "connect_read_only",
+    "hash_secret",
+    "make_token",
+    "split_token",
+]

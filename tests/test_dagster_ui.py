@@ -1,0 +1,85 @@
+"""The Dagster webserver (started by the test) shows the engine's asset graph in a real browser."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium missing")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    port = _free_port()
+    env = dict(os.environ, DAGSTER_HOME=str(home), SAM_ENGINE_DATA_DIR=str(home / "data"),
+               SAM_ENGINE_PROFILE="smoke")
+    exe = Path(sys.executable).with_name("dagster-webserver")
+    proc = subprocess.Popen([str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            proc.kill()
+            pytest.fail(f"dagster-webserver did not start:\n{out[-3000:]}")
+        time.sleep(1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_asset_graph_page_shows_the_engine(webserver):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # each asset's lineage page draws its neighbours: the chain of the engine, link by link
+        chain = {
+            "model_v0": ("public_corpus", "stage1_tasks", "eval_model_v0"),
+            "stage1_masks": ("stage1_tasks", "model_v0"),
+            "stage2_proposals": ("model_v1", "eval_model_v1", "stage2_tasks"),
+            "stage2_masks": ("stage2_tasks", "model_v1"),
+            "sa1b_shards": ("stage3_plan", "model_v2"),
+            "model_v3": ("model_v2", "eval_model_v3"),
+        }
+        for asset, neighbours in chain.items():
+            page.goto(f"{webserver}/assets/{asset}?view=lineage", wait_until="domcontentloaded")
+            page.get_by_text(asset, exact=True).first.wait_for(timeout=90_000)
+            try:  # the community sign-up dialog of a fresh instance
+                page.get_by_role("button", name="Skip").first.click(timeout=3_000)
+            except sync_api.TimeoutError:
+                pass
+            for name in neighbours:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(Path(os.environ.get("SAM_ENGINE_SCREENSHOTS", "/tmp")) / "dagster_assets.png"))
+        browser.close()

@@ -1,0 +1,202 @@
+"""Session API: prompts and results, low-res feedback, undo / choose / reset, validation, caches, prefetch,
+concurrency; with the fake predictor, and with the real tiny model when it is available."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from annotation_fixtures import FakePredictor, make_scene
+
+from sam_engine.annotation import session as session_module
+from sam_engine.annotation.session import PromptError, SegmentationService
+
+
+@pytest.fixture
+def scenes() -> dict[int, tuple[np.ndarray, dict]]:
+    return {i: make_scene(seed=i) for i in range(1, 6)}
+
+
+@pytest.fixture
+def predictor() -> FakePredictor:
+    return FakePredictor()
+
+
+@pytest.fixture
+def service(scenes: dict, predictor: FakePredictor) -> SegmentationService:
+    svc = SegmentationService(predictor, lambda i: scenes[i][0], cache_size=3)
+    yield svc
+    svc.close()
+
+
+def _inside(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    k = len(ys) // 2
+    return float(xs[k]) + 0.5, float(ys[k]) + 0.5
+
+
+def test_click_returns_three_masks_at_image_size(service: SegmentationService, scenes: dict) -> None:
+    img, objects = scenes[1]
+    s = service.open_session(1, task_id=7, annotator_id="alice")
+    assert (s.width, s.height, s.task_id, s.annotator_id) == (img.shape[1], img.shape[0], 7, "alice")
+    x, y = _inside(objects["disc"])
+    r = s.add_point(x, y, positive=True)
+    assert r.masks.shape == (3, img.shape[0], img.shape[1]) and r.masks.dtype == bool
+    assert r.scores.shape == (3,) and r.selected == int(np.argmax(r.scores)) and r.clicks == 1
+    assert np.array_equal(s.current_mask(), objects["disc"])
+    assert s.points == [(x, y, 1)]
+
+
+def test_previous_low_res_logits_of_selected_mask_are_fed_back(
+    service: SegmentationService, predictor: FakePredictor, scenes: dict
+) -> None:
+    _, objects = scenes[1]
+    s = service.open_session(1)
+    r1 = s.add_point(*_inside(objects["part"]), positive=True)
+    assert predictor.mask_inputs[-1] is None
+    s.choose(1)
+    r2 = s.add_point(*_inside(objects["whole"] & ~objects["part"]), positive=True)
+    fed = predictor.mask_inputs[-1]
+    assert fed.shape == (1, *r1.low_res.shape[1:])
+    assert np.array_equal(fed[0], r1.low_res[1])
+    s.add_point(*_inside(objects["disc"]), positive=False)
+    assert np.array_equal(predictor.mask_inputs[-1][0], r2.low_res[r2.selected])
+
+
+def test_negative_click_removes_region(service: SegmentationService, scenes: dict) -> None:
+    _, objects = scenes[2]
+    s = service.open_session(2)
+    s.add_point(*_inside(objects["whole"] & ~objects["part"]), positive=True)
+    s.choose(1)  # tolerance that merges the inner part into the box
+    assert s.current_mask()[objects["part"]].all()
+    r = s.add_point(*_inside(objects["part"]), positive=False)
+    assert not r.masks[1][objects["part"]].any()
+
+
+def test_undo_restores_previous_state(
+    service: SegmentationService, predictor: FakePredictor, scenes: dict
+) -> None:
+    _, objects = scenes[1]
+    s = service.open_session(1)
+    assert s.undo() is None
+    r1 = s.add_point(*_inside(objects["whole"] & ~objects["part"]), positive=True)
+    r2 = s.add_point(*_inside(objects["part"]), positive=True)
+    assert not np.array_equal(r1.masks, r2.masks)
+    back = s.undo()
+    assert back is r1 and np.array_equal(s.current_mask(), r1.mask) and len(s.points) == 1
+    s.add_point(*_inside(objects["disc"]), positive=True)
+    assert np.array_equal(predictor.mask_inputs[-1][0], r1.low_res[r1.selected])
+    s.undo()
+    assert s.undo() is None and s.points == [] and not s.current_mask().any()
+    assert s.clicks == 3  # effort: undone clicks still count
+
+
+def test_box_prompt_and_validation(service: SegmentationService, scenes: dict) -> None:
+    img, objects = scenes[3]
+    s = service.open_session(3)
+    ys, xs = np.nonzero(objects["square"])
+    r = s.set_box(xs.max() + 1, ys.max() + 1, xs.min(), ys.min())  # corners in any order
+    assert s.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert np.array_equal(r.mask, objects["square"])
+    h, w = img.shape[:2]
+    with pytest.raises(PromptError, match="outside the image"):
+        s.set_box(0, 0, w + 5, h)
+    with pytest.raises(PromptError, match="smaller than one pixel"):
+        s.set_box(3, 3, 3.5, 10)
+    with pytest.raises(PromptError, match="finite"):
+        s.set_box(0, 0, float("nan"), 4)
+
+
+@pytest.mark.parametrize("xy", [(-1, 5), (5, -0.01), (128, 5), (5, 96), (float("inf"), 3), ("a", 2)])
+def test_points_outside_image_are_refused(service: SegmentationService, xy: tuple) -> None:
+    s = service.open_session(1)
+    with pytest.raises(PromptError):
+        s.add_point(*xy, positive=True)
+    assert s.points == [] and s.clicks == 0
+
+
+def test_choose_reset_and_timer(
+    service: SegmentationService, scenes: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(session_module, "_clock", lambda: now[0])
+    _, objects = scenes[1]
+    s = service.open_session(1)
+    now[0] += 7.5
+    assert s.elapsed_seconds() == 7.5
+    with pytest.raises(PromptError, match="click on the image first"):
+        s.choose(0)
+    r = s.add_point(*_inside(objects["disc"]), positive=True)
+    s.choose(2)
+    assert r.selected == 2 and np.array_equal(s.current_mask(), r.masks[2])
+    for bad in (3, -1, 1.5):
+        with pytest.raises(PromptError):
+            s.choose(bad)
+    assert s.prompt()["points"][0][2] == 1
+    s.reset()
+    assert s.clicks == 0 and s.points == [] and s.box is None and s.result is None
+    now[0] += 2.0
+    assert s.elapsed_seconds() == 2.0
+
+
+def test_embeddings_cached_and_prefetched(scenes: dict, predictor: FakePredictor) -> None:
+    svc = SegmentationService(predictor, lambda i: scenes[i][0], cache_size=2)
+    svc.open_session(1)
+    svc.open_session(1)
+    assert predictor.encodes == 1
+    svc.prefetch([2, 1])
+    assert svc.wait_prefetch(10)
+    assert predictor.encodes == 2 and svc.stats["prefetched"] == 1 and svc.is_cached(2)
+    s = svc.open_session(2)
+    s.add_point(*_inside(scenes[2][1]["disc"]), positive=True)
+    assert predictor.encodes == 2  # opened from the cache
+    svc.prefetch([3])
+    assert svc.wait_prefetch(10)
+    assert not svc.is_cached(1) and svc.is_cached(3)  # LRU of size 2
+    svc.close()
+
+
+def test_sessions_on_different_images_interleave_safely(service: SegmentationService, scenes: dict) -> None:
+    expected = {}
+    for i in (1, 2, 3):
+        s = service.open_session(i)
+        expected[i] = s.add_point(*_inside(scenes[i][1]["disc"]), positive=True).mask.copy()
+    errors = []
+
+    def work(i: int) -> None:
+        s = service.open_session(i)
+        for _ in range(15):
+            try:
+                got = s.add_point(*_inside(scenes[i][1]["disc"]), positive=True).mask
+                if not np.array_equal(got, expected[i]):
+                    errors.append(i)
+            finally:
+                s.reset()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_bad_loader_output_is_reported() -> None:
+    svc = SegmentationService(FakePredictor(), lambda i: np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        svc.open_session(1)
+
+
+def test_real_tiny_model_session(scenes: dict) -> None:
+    predictor_module = pytest.importorskip("sam_engine.predictor")
+    from sam_engine.model import build_sam
+
+    model = build_sam("tiny", seed=0).eval()
+    svc = SegmentationService(predictor_module.SamPredictor(model), lambda i: scenes[i][0])
+    s = svc.open_session(1)
+    r1 = s.add_point(30.5, 20.5, positive=True)
+    assert r1.masks.shape == (3, 96, 128) and r1.masks.dtype == bool and r1.low_res.ndim == 3
+    r2 = s.add_point(90.5, 60.5, positive=False)
+    assert r2.masks.shape == (3, 96, 128) and r2.clicks == 2
+    assert s.undo() is r1

@@ -1,0 +1,390 @@
+"""QualityStore: schema and migrations, idempotent durable commits, transactions, history / revert, review,
+read-only access from another process while the writer runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sam_engine.data import rle as rle_utils
+from sam_engine.data.errors import DataError
+from sam_engine.quality import store as store_module
+from sam_engine.quality.store import SCHEMA_VERSION, QualityStore, hash_secret, rle_counts, validate_rle
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _mask(h: int = 12, w: int = 16, y0: int = 2, y1: int = 6, x0: int = 3, x1: int = 9) -> np.ndarray:
+    m = np.zeros((h, w), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _commit(store: QualityStore, mask: np.ndarray | None = None, **kw) -> int:
+    args = dict(
+        task_id=kw.pop("task_id", None),
+        image_id=1,
+        annotator_id="alice",
+        stage=1,
+        source="human",
+        rle=rle_utils.encode(_mask() if mask is None else mask),
+        predicted_iou=0.9,
+        clicks=3,
+        seconds=4.5,
+    )
+    args.update(kw)
+    return store.commit_mask(**args)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> QualityStore:
+    s = QualityStore(tmp_path / "q.duckdb")
+    s.add_images(
+        [{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12, "region": "r1", "source": "pool"}]
+    )
+    s.add_annotator("alice")
+    yield s
+    s.close()
+
+
+def _run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+# ------------------------------------------------------------------------------------------ schema
+def test_schema_version_recorded_once(tmp_path: Path) -> None:
+    s = QualityStore(tmp_path / "q.duckdb")
+    assert s.schema_version == SCHEMA_VERSION
+    s.close()
+    s = QualityStore(tmp_path / "q.duckdb")
+    rows = s.query("SELECT version FROM schema_version")
+    assert rows["version"].tolist() == [SCHEMA_VERSION]
+    tables = set(s.query("SELECT table_name FROM information_schema.tables")["table_name"])
+    assert {"images", "annotators", "tasks", "masks", "events", "reviews", "gold_scores"} <= tables
+    s.close()
+
+
+def test_new_migration_is_applied_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    QualityStore(tmp_path / "q.duckdb").close()
+    extra = (SCHEMA_VERSION + 1, "add a note column", ["ALTER TABLE masks ADD COLUMN note VARCHAR"])
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, extra])
+    s = QualityStore(tmp_path / "q.duckdb")
+    assert s.schema_version == SCHEMA_VERSION + 1
+    assert "note" in set(s.query("DESCRIBE masks")["column_name"])
+    s.close()
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    QualityStore(tmp_path / "q.duckdb").close()
+    con = duckdb.connect(str(tmp_path / "q.duckdb"))
+    con.execute("INSERT INTO schema_version VALUES (?, now(), 'from the future')", [SCHEMA_VERSION + 5])
+    con.close()
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        QualityStore(tmp_path / "q.duckdb")
+
+
+def test_read_only_store(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        QualityStore(tmp_path / "missing.duckdb", read_only=True)
+    QualityStore(tmp_path / "q.duckdb").close()
+    ro = QualityStore(tmp_path / "q.duckdb", read_only=True)
+    with pytest.raises(PermissionError):
+        ro.add_images([{"image_id": 1, "file_name": "a", "width": 1, "height": 1}])
+    ro.close()
+
+
+# ------------------------------------------------------------------------------------ annotators / tasks
+def test_annotator_token_is_stored_hashed(store: QualityStore) -> None:
+    annotator_id, token = store.add_annotator("bob", "reviewer", expertise=["r1"], profile={"skill": 0.8})
+    row = store.get_annotator(annotator_id, with_secret=True)
+    secret = token.rsplit(".", 1)[1]
+    assert token.startswith("bob.") and len(secret) >= 40
+    assert row["token_hash"] == hash_secret(secret) and secret not in json.dumps(row, default=str)
+    assert row["expertise"] == ["r1"] and row["profile"] == {"skill": 0.8}
+    assert "token_hash" not in store.get_annotator("bob")
+    with pytest.raises(DataError, match="already exists"):
+        store.add_annotator("bob")
+    _, token2 = store.add_annotator("bob", "reviewer", exist_ok=True)
+    assert token2 != token
+    assert store.get_annotator("bob", with_secret=True)["token_hash"] == hash_secret(token2.rsplit(".", 1)[1])
+    with pytest.raises(DataError, match="role"):
+        store.add_annotator("carol", "boss")
+
+
+def test_tasks_order_and_status(store: QualityStore) -> None:
+    ids = store.create_tasks(
+        [
+            {"image_id": 1, "stage": 1, "annotator_id": "alice", "priority": 1.0},
+            {"image_id": 1, "stage": 1, "annotator_id": "alice", "priority": 5.0, "batch": "b1"},
+            {"image_id": 1, "stage": 2, "kind": "review", "annotator_id": "bob"},
+        ]
+    )
+    assert len(set(ids)) == 3
+    assert [t["task_id"] for t in store.tasks_for("alice")] == [ids[1], ids[0]]
+    store.set_task_status(ids[1], "done")
+    assert [t["task_id"] for t in store.tasks_for("alice", status="pending")] == [ids[0]]
+    assert store.get_task(ids[1])["status"] == "done" and store.get_task(ids[1])["batch"] == "b1"
+    with pytest.raises(DataError, match="status"):
+        store.set_task_status(ids[0], "finished")
+    with pytest.raises(KeyError):
+        store.set_task_status(9999, "done")
+    with pytest.raises(DataError, match="kind"):
+        store.create_tasks([{"image_id": 1, "stage": 1, "kind": "draw"}])
+
+
+# ------------------------------------------------------------------------------------------- masks
+def test_commit_mask_fields_and_event(store: QualityStore) -> None:
+    m = _mask()
+    mask_id = _commit(store, m, request_id="r-1", prompt={"points": [[4, 3, 1]], "box": None})
+    df = store.masks()
+    assert df["mask_id"].tolist() == [mask_id]
+    row = df.iloc[0]
+    assert row["area"] == m.sum() and [row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h] == [3, 2, 6, 4]
+    assert np.array_equal(rle_utils.decode(row["rle"]), m)
+    assert json.loads(row["segmentation"]) == row["rle"]
+    events = store.events()
+    assert events["kind"].tolist() == ["commit"] and events["mask_id"].tolist() == [mask_id]
+
+
+def test_commit_mask_is_idempotent_by_request_id(store: QualityStore) -> None:
+    a = _commit(store, request_id="same")
+    b = _commit(store, _mask(x0=0, x1=2), request_id="same")
+    c = _commit(store, request_id="other")
+    assert a == b != c
+    assert len(store.masks()) == 2 and len(store.events()) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rle": rle_utils.encode(np.ones((5, 5), bool))}, "segmentation"),
+        ({"rle": rle_utils.encode(np.zeros((12, 16), bool))}, "segmentation"),
+        ({"rle": {"size": [12, 16], "counts": "??bad"}}, "segmentation"),
+        ({"image_id": 99}, "image_id"),
+        ({"source": "robot"}, "source"),
+    ],
+)
+def test_commit_mask_rejects_bad_input(store: QualityStore, kwargs: dict, field: str) -> None:
+    with pytest.raises(DataError) as err:
+        _commit(store, **kwargs)
+    assert err.value.field == field
+    assert len(store.masks(status=None)) == 0
+
+
+def test_transaction_rolls_back_everything(store: QualityStore) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.transaction():
+            _commit(store, request_id="x1")
+            _commit(store, request_id="x2")
+            raise RuntimeError("boom")
+    assert len(store.masks(status=None)) == 0 and len(store.events()) == 0
+    with store.transaction():
+        _commit(store, request_id="x1")
+        _commit(store, request_id="x2")
+    assert len(store.masks()) == 2
+
+
+def test_masks_filters(store: QualityStore) -> None:
+    a = _commit(store, stage=1)
+    b = _commit(store, stage=2, status="pending_review", source="model", annotator_id=None)
+    assert store.masks()["mask_id"].tolist() == [a]
+    assert store.masks(status="pending_review")["mask_id"].tolist() == [b]
+    assert store.masks(status=None)["mask_id"].tolist() == [a, b]
+    assert store.masks(stage=2, status=["accepted", "pending_review"])["mask_id"].tolist() == [b]
+    assert store.masks(annotator_id="alice")["mask_id"].tolist() == [a]
+    with pytest.raises(DataError):
+        store.masks(status="review")
+
+
+def test_concurrent_commits_from_threads(store: QualityStore) -> None:
+    errors = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(10):
+                _commit(store, request_id=f"t{k}-{i}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    df = store.masks()
+    assert len(df) == 40 and df["mask_id"].is_unique and len(store.events()) == 40
+
+
+# ---------------------------------------------------------------------------------- history / revert
+def test_revert_walks_back_through_changes(store: QualityStore) -> None:
+    first = _commit(store)
+    fixed = store.review(first, "rita", "fix", "tighter edge", fixed_rle=rle_utils.encode(_mask(x1=8)))
+    assert fixed["status"] == "superseded"
+    new_id = fixed["fixed_mask_id"]
+    version = store.get_mask(new_id)
+    assert version["version"] == 2 and version["parent_mask_id"] == first and version["manual_fix"]
+    assert store.masks()["mask_id"].tolist() == [new_id]
+
+    out = store.revert(new_id, "rita")  # undo the fix: old version back, new one reverted
+    assert {c["mask_id"]: c["after"] for c in out["changes"]} == {first: "accepted", new_id: "reverted"}
+    assert store.masks()["mask_id"].tolist() == [first]
+
+    store.revert(first, "alice")  # undo the commit itself
+    assert store.masks().empty
+    assert store.get_mask(first)["status"] == "reverted"
+    with pytest.raises(ValueError, match="nothing left to revert"):
+        store.revert(first, "alice")
+
+    kinds = [(e["kind"], e["reverted"]) for e in store.history(new_id)]
+    assert kinds == [("commit", True), ("review_fix", True), ("revert", False), ("revert", False)]
+    assert store.history(first) == store.history(new_id)
+
+
+def test_review_verdicts(store: QualityStore) -> None:
+    pending = _commit(store, status="pending_review", source="model", annotator_id=None)
+    review_task = store.create_tasks([{"image_id": 1, "stage": 1, "kind": "review", "annotator_id": "rita"}])[
+        0
+    ]
+    out = store.review(pending, "rita", "accept", task_id=review_task)
+    assert out["status"] == "accepted" and store.get_task(review_task)["status"] == "done"
+    store.revert(pending, "rita")
+    assert store.get_mask(pending)["status"] == "pending_review"
+    store.review(pending, "rita", "reject", "not an object")
+    assert store.get_mask(pending)["status"] == "rejected"
+    reviews = store.reviews()
+    assert reviews["verdict"].tolist() == ["accept", "reject"]
+    assert reviews["comment"].tolist()[1] == "not an object"
+    with pytest.raises(ValueError, match="fixed_rle"):
+        store.review(pending, "rita", "fix")
+    with pytest.raises(DataError, match="verdict"):
+        store.review(pending, "rita", "maybe")
+    superseded = store.review(pending, "rita", "fix", fixed_rle=rle_utils.encode(_mask()))
+    with pytest.raises(ValueError, match="superseded"):
+        store.review(superseded["mask_id"], "rita", "accept")
+
+
+def test_comment_and_gold_scores(store: QualityStore) -> None:
+    mask_id = _commit(store)
+    event = store.comment("rita", "check the left edge", mask_id=mask_id)
+    assert store.history(mask_id)[-1]["event_id"] == event
+    assert store.history(mask_id)[-1]["payload"] == {"text": "check the left edge"}
+    with pytest.raises(KeyError):
+        store.comment("rita", "x", mask_id=12345)
+    store.add_gold_scores([{"annotator_id": "alice", "mask_id": mask_id, "gold_ann_id": 7, "iou": 0.83}])
+    store.add_gold_score(annotator_id="alice", mask_id=mask_id, gold_ann_id=8, iou=0.5)
+    assert store.gold_scores()["iou"].tolist() == [0.83, 0.5]
+
+
+# ----------------------------------------------------------------------------- durability / processes
+def test_acknowledged_commit_survives_a_killed_process(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    code = f"""
+        import os, signal, numpy as np
+        from sam_engine.quality.store import QualityStore
+        from sam_engine.data import rle
+        s = QualityStore({str(db)!r})
+        s.add_images([{{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12}}])
+        m = np.zeros((12, 16), bool); m[2:5, 2:5] = True
+        for i in range(5):
+            mid = s.commit_mask(task_id=None, image_id=1, annotator_id="a", stage=1, source="human",
+                                rle=rle.encode(m), predicted_iou=0.5, clicks=1, seconds=1.0, request_id=f"k{{i}}")
+            print(mid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    result = _run_child(code)
+    acknowledged = [int(v) for v in result.stdout.split()]
+    assert result.returncode == -9 and len(acknowledged) == 5
+    s = QualityStore(db)
+    assert sorted(s.masks()["mask_id"]) == sorted(acknowledged)
+    assert s.mask_for_request("k3") == acknowledged[3]
+    s.close()
+
+
+def test_reader_process_takes_turns_with_idle_releasing_writer(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    writer = QualityStore(db, idle_release_s=0.1)
+    writer.add_images([{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12}])
+    writer.add_annotator("alice")
+    _commit(writer, request_id="w1")
+    code = f"""
+        from sam_engine.quality.store import connect_read_only
+        r = connect_read_only({str(db)!r}, lock_timeout_s=30)
+        print(len(r.masks()), r.holds_connection)
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    for i in range(5):  # the writer keeps writing while the reader waits for its turn
+        _commit(writer, request_id=f"w{i + 2}")
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    seen, holds = out.split()
+    assert 1 <= int(seen) <= 6 and holds == "False"
+    assert len(writer.masks()) == 6
+    writer.close()
+
+
+def test_reader_gives_up_clearly_when_writer_never_releases(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    writer = QualityStore(db)  # idle_release_s=None: holds the file
+    code = f"""
+        from sam_engine.quality.store import connect_read_only, StoreBusyError
+        try:
+            connect_read_only({str(db)!r}, lock_timeout_s=0.3)
+        except StoreBusyError as e:
+            print("busy:", e)
+    """
+    result = _run_child(code)
+    assert "busy:" in result.stdout and "export" in result.stdout, result.stderr
+    # a snapshot is readable while the writer keeps the file
+    writer.add_images([{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12}])
+    snap = writer.snapshot(tmp_path / "snap.duckdb")
+    result = _run_child(
+        f"""
+        from sam_engine.quality.store import connect_read_only
+        print(len(connect_read_only({str(snap)!r}, lock_timeout_s=1).images()))
+        """
+    )
+    assert result.stdout.strip() == "1", result.stderr
+    writer.add_images([{"image_id": 2, "file_name": "b.png", "width": 16, "height": 12}])  # still writable
+    assert len(writer.images()) == 2
+    writer.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.floats(0.0, 1.0))
+def test_rle_counts_parser_matches_pycocotools(h: int, w: int, seed: int, density: float) -> None:
+    m = np.random.default_rng(seed).random((h, w)) < density
+    encoded = rle_utils.encode(m)
+    counts = rle_counts(encoded["counts"])
+    assert sum(counts) == h * w
+    flat = np.concatenate(
+        [np.full(c, i % 2, dtype=bool) for i, c in enumerate(counts)] or [np.zeros(0, bool)]
+    )
+    assert np.array_equal(flat.reshape(w, h).T, m)
+    validate_rle(encoded, h, w)
+    with pytest.raises(ValueError):
+        validate_rle(encoded, h + 1, w)
