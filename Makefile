@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(SAM_ENGINE_DATA_DIR)/dagster_home
 export MLFLOW_TRACKING_URI := sqlite:///$(SAM_ENGINE_DATA_DIR)/mlflow.db
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run ui test bench annotate lint mlflow-ui dagster-home chromium clean
+.PHONY: venv run ui test bench annotate backup lint mlflow-ui dagster-home chromium clean
 
 venv: $(VENV)/.installed
 
@@ -39,8 +39,19 @@ ui: venv dagster-home
 mlflow-ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
+# The annotation server on loopback with the latest model version (after `make run`); HOST/PORT override.
+HOST ?= 127.0.0.1
+PORT ?= 8765
 annotate: venv
-	$(PY) -m sam_engine.annotation --host 127.0.0.1 --port 8765 --data-dir $(SAM_ENGINE_DATA_DIR)
+	@latest=$$(ls $(SAM_ENGINE_DATA_DIR)/models/model_v*/model.pt 2>/dev/null | sort | tail -1); \
+	if [ -z "$$latest" ]; then echo "no model yet: run 'make run' first"; exit 1; fi; \
+	echo "serving $$latest"; \
+	$(PY) -m sam_engine.annotation serve --host $(HOST) --port $(PORT) --data-dir $(SAM_ENGINE_DATA_DIR) \
+	  --checkpoint $$latest --dataset-dir pool=$(SAM_ENGINE_DATA_DIR)/corpora/target_pool/images \
+	  --dataset-dir gold=$(SAM_ENGINE_DATA_DIR)/corpora/gold/images
+
+backup: venv
+	$(PY) -m sam_engine.backup create --data-dir $(SAM_ENGINE_DATA_DIR) --dest backups
 
 test: venv chromium
 	$(PY) -m pytest -q

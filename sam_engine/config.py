@@ -61,10 +61,10 @@ class TrainSection(_Section):
 class StagesSection(_Section):
     """How the target pool is split across the three stages, and how each stage works."""
 
-    stage1_images: int = 80
-    stage2_images: int = 320
+    stage1_images: int = 50
+    stage2_images: int = 150
     stage3_images: int | None = None  # None: the rest of the pool
-    images_per_shard: int = 200
+    images_per_shard: int = 300
     annotators: int = 4
     reviewers: int = 1
     overlap_fraction: float = 0.2  # share of stage-1 images given to several annotators
@@ -73,7 +73,7 @@ class StagesSection(_Section):
     image_budget_s: float = 240.0  # modelled seconds an annotator spends on one stage-1 image at most
     stage2_accept_iou: float = 0.9
     stage2_review_iou: float = 0.75
-    stage2_complete_images: int = 120  # stage-2 images chosen by the diversity sampler for human completion
+    stage2_complete_images: int = 50  # stage-2 images chosen by the diversity sampler for human completion
     amg_points_per_side: int = 16
     amg_points_per_batch: int = 128
     amg_pred_iou_thresh: float = 0.88
@@ -86,9 +86,9 @@ class StagesSection(_Section):
 
 
 class EvalSection(_Section):
-    gold_objects: int = 400  # click-protocol objects sampled from the gold set per evaluation
-    gold_amg_images: int = 40  # gold images for automatic-mask recall
-    public_val_objects: int = 300
+    gold_objects: int = 150  # click-protocol objects sampled from the gold set per evaluation
+    gold_amg_images: int = 20  # gold images for automatic-mask recall
+    public_val_objects: int = 100
     max_clicks: int = 20
     regression_tolerance: float = 0.02  # a new model may trail its predecessor's 1-click mIoU by this much
 
