@@ -147,6 +147,16 @@ def _time(fn, images: list[np.ndarray]) -> tuple[float, float, int]:
 
 
 def run(quick: bool = False) -> list[dict]:
+    threads = torch.get_num_threads()
+    # One thread: on a shared 2-core machine two torch threads spin against other work and time erratically.
+    torch.set_num_threads(int(os.environ.get("SAM_ENGINE_BENCH_THREADS", "1")))
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool) -> list[dict]:
     model, weights = _model()
     images = _images(quick)
     side = 4 if quick else 32

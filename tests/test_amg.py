@@ -49,12 +49,15 @@ def test_stability_score_hand_case():
     torch.testing.assert_close(stability_score(logits, 0.5, 1.0), torch.tensor([0.5, 2 / 3]))
 
 
-@pytest.mark.parametrize("shape", [(3, 64, 64), (2, 7, 9), (2, 64, 255 * 8 + 16), (1, 1, 8)])
-def test_count_true_matches_sum(shape):
-    m = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.3
+@pytest.mark.parametrize("shape", [(3, 64, 64), (2, 7, 9), (3, 51, 37), (2, 64, 255 * 8 + 16), (1, 1, 8)])
+def test_count_true_and_stability_match_plain_sums(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    m = x > 0.3
     assert torch.equal(count_true(m), m.reshape(shape[0], -1).sum(1).to(torch.int32))
     full = torch.ones(shape, dtype=torch.bool)
     assert count_true(full).tolist() == [shape[1] * shape[2]] * shape[0]
+    reference = (x > 1).sum(dim=(1, 2)) / (x > -1).sum(dim=(1, 2))
+    torch.testing.assert_close(stability_score(x, 0.0, 1.0), reference.float(), rtol=0, atol=0)
 
 
 def test_stability_empty_is_nan():

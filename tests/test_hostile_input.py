@@ -279,11 +279,6 @@ def _sa1b_doc(image_id: int = 1, h: int = 20, w: int = 30) -> dict:
     return sa1b.image_json(image_id, w, h, f"sa_{image_id}.png", [ann])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sa1b.read_image_json catches only JSONDecodeError/UnicodeDecodeError: a deeply nested document "
-    "raises RecursionError and a >4300-digit integer a bare ValueError, both escaping instead of DataError",
-)
 @pytest.mark.parametrize("raw", ["[" * DEEP + "]" * DEEP, '{"image": {"image_id": ' + HUGE_INT + "}}"])
 def test_nested_or_huge_json_is_a_data_error_for_sa1b_json(tmp_path: Path, raw: str) -> None:
     path = tmp_path / "sa_1.json"
@@ -314,11 +309,6 @@ def _png_bytes(h: int = 20, w: int = 30) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sa1b.iter_shard parses each JSON member catching only JSONDecodeError/UnicodeDecodeError: a deeply "
-    "nested member raises RecursionError out of the reader instead of quarantining that image",
-)
 def test_nested_json_member_of_a_shard_is_quarantined(tmp_path: Path) -> None:
     good = _sa1b_doc(1)
     shard = _tar(

@@ -2,18 +2,21 @@
 
 Run with the reference environment (official segment-anything + torchvision)::
 
-    /work/main/.refenv/bin/python tools/bench_official_amg.py [--checkpoint PATH] [--images N]
-        [--points-per-side 32] [--relaxed] [--json OUT]
+    /work/main/.refenv/bin/python tools/bench_official_amg.py [--model sam|fake] [--checkpoint PATH]
+        [--images N] [--points-per-side 32] [--crop-n-layers 0] [--relaxed] [--json OUT]
 
-The official side builds the official ``Sam`` with the tiny configuration, loads the official-layout checkpoint
-(default: tests/fixtures/official_tiny/sam_official_tiny.pth; a sam-engine checkpoint {config, state_dict}
-works too; when absent, random-init tiny weights, seed 0, exported by the main venv) and times the official generator on the images. The images and settings go into a
-shared .npz; ours runs in a subprocess with the main venv (``--ours`` mode of this file), times itself on the
-same images and computes agreement: the share of official masks matched by one of ours at mask IoU > 0.95,
-and vice versa. Speed is reported as wall-clock and as process CPU time (steadier when other work shares
-the cores). Both sides use one warm-up image, the same torch thread count, and no crop layers unless
-``--crop-n-layers`` is given. ``--relaxed`` lowers pred_iou_thresh / stability thresholds in BOTH generators
-(random weights give no confident masks otherwise).
+``--model sam`` (default): the official ``Sam`` is built with the checkpoint's configuration and weights
+(default checkpoint: tests/fixtures/official_tiny/sam_official_tiny.pth with its config.json; a sam-engine
+checkpoint {config, state_dict} works too; without one, random-init tiny weights, seed 0), on COCO photos
+from /work/shared/data/coco_tiny. ``--model fake``: a deterministic colour-segment stand-in for a trained
+SAM (below) on flat-colour scenes, so both generators see meaningful, overlapping masks without trained weights.
+
+The images and settings go into a shared .npz; ours runs in a subprocess with the main venv (``--ours`` mode
+of this file), times itself on the same images and computes agreement: the share of official masks matched by
+one of ours at mask IoU > 0.95, and vice versa. Speed is reported as wall-clock and as process CPU time
+(steadier when other work shares the cores). Both sides use one warm-up image and the same torch thread count.
+``--relaxed`` lowers pred_iou_thresh / stability thresholds in BOTH generators (random weights give no
+confident masks otherwise). Our 95 % area filter is off here (the official generator has none).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
@@ -69,10 +75,128 @@ def _load_images(n: int, max_side: int) -> list[np.ndarray]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ fake model
+# A deterministic stand-in for a trained SAM (``--model fake``), served to both generators.
+#
+# A deterministic stand-in for a trained SAM, usable by the official generator and by sam_engine's.
+#
+# It lets the two automatic mask generators be compared on meaningful, overlapping masks without trained
+# weights. The "encoder" average-pools the normalized image to the low-res mask grid; for a point, mask k is
+# the set of low-res cells whose colour is within ``TOLERANCES[k]`` of the colour under the point (logit
+# ``SCALE * (tol - distance)``), and its predicted IoU is a fixed hash of that colour and k. On flat-colour
+# scenes (``scene``) this gives object-like masks with soft, bilinearly upsampled edges. Only torch is needed,
+# so the official (torchvision) environment and the main venv import the same file.
+#
+# Both APIs are served: the official predictor's (``prompt_encoder`` / ``mask_decoder`` / ``postprocess_masks``)
+# and sam_engine's (``decode``).
+
+TOLERANCES = (0.35, 0.9, 1.8)
+SCALE = 20.0
+
+
+class _Encoder(nn.Module):
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 4)  # (B, 3, S/4, S/4): one colour per low-res mask cell
+
+
+class _PromptEncoder(nn.Module):
+    def forward(self, points=None, boxes=None, masks=None):
+        coords, _ = points
+        return coords.to(torch.float32), torch.zeros(coords.shape[0], 1)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1)
+
+
+class _MaskDecoder(nn.Module):
+    def forward(
+        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output
+    ):
+        emb = image_embeddings[0]  # (3, h, w)
+        pts = sparse_prompt_embeddings[:, 0, :]  # (B, 2) in the input frame
+        h, w = emb.shape[-2:]
+        ix = (pts[:, 0] / 4).floor().long().clamp(0, w - 1)
+        iy = (pts[:, 1] / 4).floor().long().clamp(0, h - 1)
+        colour = emb[:, iy, ix].t()  # (B, 3)
+        dist = (emb[None] - colour[:, :, None, None]).pow(2).sum(1).sqrt()  # (B, h, w)
+        tol = torch.tensor(TOLERANCES)
+        logits = SCALE * (tol[None, :, None, None] - dist[:, None])
+        k = torch.arange(3, dtype=torch.float32)
+        seed = colour @ torch.tensor([12.9898, 78.233, 37.719]) + 0.7
+        frac = torch.frac(torch.sin(seed[:, None] * (k[None] + 1.0)) * 43758.5453).abs()
+        iou = 0.80 + 0.19 * frac
+        if not multimask_output:
+            return logits[:, :1], iou[:, :1]
+        return logits, iou
+
+
+class FakeSam(nn.Module):
+    """The stand-in model (see the module docstring)."""
+
+    mask_threshold = 0.0
+    image_format = "RGB"
+
+    def __init__(self, img_size: int = 256) -> None:
+        super().__init__()
+        self.image_encoder = _Encoder(img_size)
+        self.prompt_encoder = _PromptEncoder()
+        self.mask_decoder = _MaskDecoder()
+        self.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def postprocess_masks(self, masks, input_size, original_size):
+        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def decode(
+        self, image_embeddings, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True
+    ):
+        sparse, dense = self.prompt_encoder(points=(point_coords, point_labels))
+        return self.mask_decoder(image_embeddings, None, sparse, dense, multimask_output)
+
+
+def scene(height: int, width: int, seed: int, n_objects: int = 14) -> np.ndarray:
+    """A flat-colour scene of overlapping rectangles and discs (some with a differently coloured part)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[:] = rng.integers(0, 256, size=3)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(n_objects):
+        colour = rng.integers(0, 256, size=3)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        size = rng.uniform(0.04, 0.25) * min(height, width)
+        if rng.random() < 0.5:
+            inside = (np.abs(xx - cx) < size) & (np.abs(yy - cy) < size * rng.uniform(0.4, 1.6))
+        else:
+            inside = (xx - cx) ** 2 + (yy - cy) ** 2 < size**2
+        img[inside] = colour
+        if rng.random() < 0.4:  # a part of the object in a nearby colour
+            part = inside & (yy < cy)
+            img[part] = np.clip(colour.astype(int) + rng.integers(-40, 40, size=3), 0, 255)
+    return img
+
+
 # ------------------------------------------------------------------------------------------ official side
 def _official_sam(args: argparse.Namespace, work: Path):
     """The official Sam with the checkpoint's configuration and weights: (model, config, state path, label)."""
-    import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     ckpt = Path(args.checkpoint) if args.checkpoint else FIXTURE
@@ -141,15 +265,11 @@ def _official_sam(args: argparse.Namespace, work: Path):
 
 
 def _official_main(args: argparse.Namespace) -> None:
-    import torch
     from segment_anything import SamAutomaticMaskGenerator
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="amg_official_"))
     if args.model == "fake":
-        sys.path.insert(0, str(ROOT / "tools"))
-        from amg_fake_sam import FakeSam, scene
-
         sam, cfg, state_path = FakeSam(), {"model": "fake"}, work / "none"
         weights = "fake colour-segment model (tools/amg_fake_sam.py)"
         images = [scene(480, 640, seed=i) for i in range(args.images)]
@@ -233,7 +353,6 @@ def _official_main(args: argparse.Namespace) -> None:
 def _export_main(args: argparse.Namespace) -> None:
     """Write the weights as a plain state dict and their config (random-init tiny, seed 0, without a checkpoint)."""
     sys.path.insert(0, str(ROOT))
-    import torch
 
     from sam_engine.model import MODEL_CONFIGS, build_sam
 
@@ -258,7 +377,6 @@ def _export_main(args: argparse.Namespace) -> None:
 
 def _ours_main(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
-    import torch
     from pycocotools import mask as mask_utils
 
     from sam_engine.amg import AmgParams, AutomaticMaskGenerator
@@ -270,9 +388,6 @@ def _ours_main(args: argparse.Namespace) -> None:
     images = [data[f"image_{i}"] for i in range(len([k for k in data.files if k.startswith("image_")]))]
     cfg = json.loads(Path(args.config).read_text())
     if cfg.get("model") == "fake":
-        sys.path.insert(0, str(ROOT / "tools"))
-        from amg_fake_sam import FakeSam
-
         model = FakeSam()
     else:
         model = build_sam(cfg)

@@ -8,13 +8,19 @@ import torch
 def count_true(masks: torch.Tensor) -> torch.Tensor:
     """Number of True pixels of each (N, ...) boolean mask, as int32 (N,).
 
-    Fast path: the mask bytes are read as int64 lanes (8 pixels each) and summed 255 lanes at a time, so no
-    byte of a lane can carry; the 8 byte counts of each lane sum are then added up.
+    Fast path (CPU, contiguous, pixels per mask a multiple of 8): the mask bytes are read as int64 lanes
+    (8 pixels each) and summed 255 lanes at a time, so no byte of a lane can carry; the byte counts of each
+    lane sum are then added up. Otherwise rows are summed in int16 first.
     """
     n = masks.shape[0]
     flat = masks.reshape(n, -1)
     size = flat.shape[1]
-    if n == 0 or size % 8 or not flat.is_contiguous() or flat.device.type != "cpu":
+    if n == 0 or size == 0:
+        return torch.zeros(n, dtype=torch.int32, device=masks.device)
+    if size % 8 or not flat.is_contiguous() or flat.device.type != "cpu":
+        width = masks.shape[-1] if masks.dim() > 1 else size
+        if width < 32768 and size % width == 0:
+            return flat.reshape(n, -1, width).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
         return flat.sum(dim=1, dtype=torch.int32)
     lanes = flat.view(torch.uint8).view(torch.int64)  # (n, size / 8)
     per = 255
@@ -34,10 +40,16 @@ def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float 
     The high-cutoff mask lies inside the low-cutoff one, so the IoU is the ratio of their pixel counts:
     ``|logits > t + off| / |logits > t - off|`` over the last two dimensions (NaN when both are empty).
     """
-    flat = logits.reshape(-1, logits.shape[-2], logits.shape[-1])
-    high = count_true(flat > (threshold + offset))
-    low = count_true(flat > (threshold - offset))
-    return (high / low).reshape(logits.shape[:-2])
+    n = logits[..., 0, 0].numel()
+    flat = logits.reshape(n, -1)
+    size = flat.shape[1]
+    # Compare into a zero-padded buffer whose rows are a multiple of 8 bytes, so counting takes the fast path.
+    buffer = torch.zeros(n, -(-size // 8) * 8, dtype=torch.bool, device=logits.device)
+    counts = []
+    for cut in (threshold + offset, threshold - offset):
+        torch.gt(flat, cut, out=buffer[:, :size])
+        counts.append(count_true(buffer))
+    return (counts[0] / counts[1]).reshape(logits.shape[:-2])
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -244,7 +244,7 @@ def read_image_json(path: str | Path, quarantine: Quarantine | None = None) -> d
         doc = json.loads(path.read_bytes())
     except FileNotFoundError as e:
         raise DataError(path, path.name, "file", "file not found") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
         raise DataError(path, path.name, "json", f"invalid JSON: {e}") from e
     return validate_image_json(doc, path, quarantine)
 
@@ -402,7 +402,7 @@ def iter_shard(path: str | Path, quarantine: Quarantine | None = None) -> Iterat
                 raw = tar.extractfile(jsons[image_id]).read()  # type: ignore[union-attr]
                 try:
                     doc = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
                     raise DataError(where, jname, "json", f"invalid JSON: {e}") from e
                 doc = validate_image_json(doc, where, q)
                 if doc["image"]["image_id"] != image_id:

@@ -1,0 +1,291 @@
+"""Where images, shards and checkpoints live: a local folder by default, any fsspec URL otherwise.
+
+A *location* is a local path (``data/shards``) or a URL (``s3://bucket/shards``, ``gs://...``,
+``memory://...`` in tests); the protocol's fsspec package (s3fs, gcsfs, ...) must be installed, nothing else
+changes. Local locations keep the library's local behaviour (atomic rename, file locks).
+
+- Reads of remote files go through a local cache (``cached_local``), because PIL, ``torch.load`` and
+  tarfile want seekable local files; a cached copy is reused while the remote file's fsspec checksum
+  (size / ETag / mtime) is unchanged.
+- Writes are atomic: a local file is renamed into place; an object store PUT is atomic by itself; other
+  filesystems get a temporary name and a move.
+- Stage-3 shards on a remote location: the shard is written to a local staging folder exactly as locally
+  (byte-identical tar), then uploaded with its manifest entry as ``manifest.d/<shard>.json``. Each partition
+  writes only its own entry, so runs on different machines never contend for one manifest file;
+  ``read_manifest`` merges the entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from upath import UPath
+
+from .io import atomic_write_bytes
+
+Location = str | os.PathLike
+# Protocols whose single PUT is atomic (an object appears whole or not at all).
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"})
+MANIFEST_ENTRIES = "manifest.d"
+CACHE_ENV = "SAM_ENGINE_CACHE_DIR"
+
+
+def upath(location: Location) -> UPath:
+    """The location as a UPath (a local ``PosixUPath`` for plain paths and ``file://`` URLs)."""
+    if isinstance(location, UPath):
+        return location
+    return UPath(location if isinstance(location, str) else os.fspath(location))
+
+
+def is_local(location: Location) -> bool:
+    """True for plain paths and ``file://`` URLs."""
+    return upath(location).protocol in ("", "file", "local")
+
+
+def local_path(location: Location) -> Path:
+    """A local location as a ``pathlib.Path``; a clear error for a remote one."""
+    if not is_local(location):
+        raise ValueError(f"{location}: a local path is needed here (got a {upath(location).protocol}:// URL)")
+    return Path(upath(location).path)
+
+
+def join(location: Location, *parts: str) -> str:
+    """``location / part / ...`` as a string (a path or a URL)."""
+    p = upath(location)
+    for part in parts:
+        p = p / part
+    return str(p) if not is_local(p) else str(local_path(p))
+
+
+def exists(location: Location) -> bool:
+    return upath(location).exists()
+
+
+def read_bytes(location: Location) -> bytes:
+    """All bytes of a file; ``FileNotFoundError`` names the location."""
+    p = upath(location)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location}: no such file") from None
+
+
+def _tmp_name(p: UPath) -> UPath:
+    return p.parent / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def write_bytes(location: Location, data: bytes) -> None:
+    """Write ``data`` atomically (readers see the old file or the new one, never a part)."""
+    p = upath(location)
+    if is_local(p):
+        atomic_write_bytes(local_path(p), data)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.protocol in OBJECT_STORES:
+        p.fs.pipe_file(p.path, data)
+        return
+    tmp = _tmp_name(p)
+    try:
+        p.fs.pipe_file(tmp.path, data)
+        p.fs.mv(tmp.path, p.path)
+    finally:
+        if p.fs.exists(tmp.path):
+            p.fs.rm(tmp.path)
+
+
+def write_json(location: Location, obj: Any, indent: int | None = 1) -> None:
+    write_bytes(location, json.dumps(obj, indent=indent).encode("utf-8"))
+
+
+def upload(local: Location, location: Location) -> str:
+    """Copy a local file to ``location`` atomically; returns the location as a string."""
+    src = local_path(local)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such file to upload")
+    p = upath(location)
+    if is_local(p):
+        dst = local_path(p)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return str(dst)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.protocol in OBJECT_STORES:
+        p.fs.put_file(str(src), p.path)
+        return str(p)
+    tmp = _tmp_name(p)
+    try:
+        p.fs.put_file(str(src), tmp.path)
+        p.fs.mv(tmp.path, p.path)
+    finally:
+        if p.fs.exists(tmp.path):
+            p.fs.rm(tmp.path)
+    return str(p)
+
+
+def sha256(location: Location, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with upath(location).open("rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$SAM_ENGINE_CACHE_DIR`` or ``~/.cache/sam-engine/storage``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "sam-engine" / "storage"
+
+
+def cached_local(location: Location, cache_dir: Location | None = None) -> Path:
+    """A local file with the content of ``location``: the path itself when local, else a cached download.
+
+    The cached copy is refreshed when the remote file's fsspec checksum changes.
+    """
+    p = upath(location)
+    if is_local(p):
+        return local_path(p)
+    try:
+        token = str(p.fs.checksum(p.path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location}: no such file") from None
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = hashlib.sha256(str(p).encode()).hexdigest()[:24]
+    target = root / key / p.name
+    stamp = target.with_name(target.name + ".source.json")
+    if target.is_file() and stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()).get("checksum") == token:
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        p.fs.get_file(p.path, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    atomic_write_bytes(stamp, json.dumps({"source": str(p), "checksum": token}).encode())
+    return target
+
+
+def load_image(location: Location, max_pixels: int | None = None, cache_dir: Location | None = None):
+    """HxWx3 uint8 RGB pixels of a local or remote image (``sam_engine.data.images.load_image`` rules)."""
+    from .data.images import DEFAULT_MAX_PIXELS
+    from .data.images import load_image as _load
+
+    return _load(cached_local(location, cache_dir), max_pixels or DEFAULT_MAX_PIXELS)
+
+
+def load_model(location: Location, cache_dir: Location | None = None):
+    """A model from a local or remote checkpoint (weights-only load, as ``sam_engine.model.checkpoint``)."""
+    from .model.checkpoint import load_model as _load
+
+    return _load(cached_local(location, cache_dir))
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def publish_shard(staging_dir: Location, shard_file: str, dest: Location) -> dict[str, Any]:
+    """Upload ``staging_dir/shard_file`` and its manifest entry to ``dest``; returns the entry.
+
+    The upload is verified: the remote sha256 must equal the manifest's.
+    """
+    from .stage3 import read_manifest as read_local_manifest
+
+    staging = local_path(staging_dir)
+    entry = read_local_manifest(staging)["shards"].get(shard_file)
+    if entry is None:
+        raise FileNotFoundError(f"{staging}: manifest has no entry for {shard_file}")
+    target = join(dest, shard_file)
+    upload(staging / shard_file, target)
+    got = sha256(target)
+    if got != entry["sha256"]:
+        raise OSError(f"{target}: uploaded sha256 {got} differs from the manifest's {entry['sha256']}")
+    write_json(join(dest, MANIFEST_ENTRIES, f"{shard_file}.json"), entry)
+    return entry
+
+
+def read_manifest(location: Location) -> dict[str, Any]:
+    """The shard manifest of a local or remote shard folder.
+
+    Remote folders: ``manifest.json`` (if any) merged with the per-shard ``manifest.d/*.json`` entries.
+    """
+    from .stage3 import MANIFEST, MANIFEST_FORMAT
+    from .stage3 import read_manifest as read_local_manifest
+
+    if is_local(location):
+        manifest = read_local_manifest(local_path(location))
+    else:
+        p = upath(location)
+        manifest = {"format": MANIFEST_FORMAT, "shards": {}}
+        if (p / MANIFEST).exists():
+            manifest = json.loads((p / MANIFEST).read_bytes())
+    entries = upath(location) / MANIFEST_ENTRIES
+    if entries.exists():
+        for item in sorted(entries.iterdir(), key=lambda x: x.name):
+            if item.name.endswith(".json"):
+                try:
+                    manifest["shards"][item.name[: -len(".json")]] = json.loads(item.read_bytes())
+                except json.JSONDecodeError as e:
+                    from .data.errors import DataError
+
+                    raise DataError(str(item), item.name, "json", f"invalid manifest entry: {e}") from e
+    manifest["shards"] = dict(sorted(manifest["shards"].items()))
+    return manifest
+
+
+def write_shard_to(
+    dest: Location,
+    shard_index: int,
+    image_records: Sequence[Any],
+    model: object,
+    amg_params: Any = None,
+    *,
+    seed: int = 0,
+    staging_dir: Location | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``sam_engine.stage3.write_shard`` to any location: local writes in place; a remote ``dest`` gets the
+    tar written in a local staging folder, then published with its manifest entry (see the module doc).
+
+    Image records whose ``path`` is a URL are fetched through the cache first. Returns the manifest entry
+    plus ``path`` (where the tar now is).
+    """
+    from dataclasses import replace
+
+    from .data.corpus import ImageRecord
+    from .stage3 import read_manifest as read_local_manifest
+    from .stage3 import shard_name, write_shard
+
+    records = []
+    for r in image_records:
+        if isinstance(r, ImageRecord) and not is_local(r.path):
+            r = replace(r, path=cached_local(r.path))
+        records.append(r)
+    name = shard_name(shard_index)
+    if is_local(dest):
+        out = local_path(dest)
+        write_shard(shard_index, records, model, amg_params, out, seed=seed, **kwargs)
+        return {**read_local_manifest(out)["shards"][name], "path": str(out / name)}
+    with tempfile.TemporaryDirectory(dir=staging_dir, prefix="shard-staging-") as tmp:
+        write_shard(shard_index, records, model, amg_params, tmp, seed=seed, **kwargs)
+        entry = publish_shard(tmp, name, dest)
+    return {**entry, "path": join(dest, name)}
