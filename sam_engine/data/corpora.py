@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -76,8 +77,21 @@ def _run_jobs(jobs: list[tuple], workers: int, desc: str) -> list[tuple[dict, li
     if workers <= 1 or len(jobs) < 64:
         return [_job(j) for j in tqdm(jobs, desc=desc, leave=False)]
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers) as pool:
-        return list(tqdm(pool.imap(_job, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False))
+    pool = ctx.Pool(workers, initializer=_plain_signals)
+    try:
+        out = list(tqdm(pool.imap(_job, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False))
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()  # workers exit on their own; terminate() would signal them
+    pool.join()
+    return out
+
+
+def _plain_signals() -> None:
+    """Workers forked from a Dagster step must not run the step's signal handlers."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _staging(final: Path) -> Path:
