@@ -129,20 +129,6 @@ def test_first_prompts_mix_points_and_boxes():
     assert torch.equal(p.coords, q.coords) and torch.equal(p.labels, q.labels)
 
 
-def test_interior_points_prefer_the_middle():
-    from sam_engine.training.prompts import interior_weights
-
-    masks = torch.zeros(400, 64, 64, dtype=torch.bool)
-    masks[:, 8:56, 8:56] = True
-    w = interior_weights(masks[:1], iterations=8, factor=4)
-    assert w[0, 32, 32] > w[0, 9, 9] > 0 and w[0, 0, 0] == 0
-    inner = first_prompts(masks, gen(0), box_prob=0.0, interior_prob=1.0).coords[:, 0]
-    uniform = first_prompts(masks, gen(0), box_prob=0.0).coords[:, 0]
-    assert masks[0][inner[:, 1].long(), inner[:, 0].long()].all()
-    dist = lambda xy: (xy - 31.5).abs().max(dim=1).values.mean()  # noqa: E731
-    assert dist(inner) < 0.8 * dist(uniform)
-
-
 def test_error_points_labels_follow_error_type():
     gt = torch.zeros(3, 16, 16, dtype=torch.bool)
     pred = torch.zeros_like(gt)
@@ -276,22 +262,6 @@ def test_lr_schedule_warmup_and_step_decay():
         and m.lr_factor(50) == pytest.approx(0.1)
         and m.lr_factor(95) == pytest.approx(0.01)
     )
-
-
-def test_attention_init_ties_query_and_key():
-    from sam_engine.training.module import SamModule
-
-    m = SamModule(MICRO, attention_init_gain=3.0, attention_init_both=True)
-    t = m.model.mask_decoder.transformer
-    for attn in [
-        t.layers[0].cross_attn_image_to_token,
-        t.layers[0].cross_attn_token_to_image,
-        t.final_attn_token_to_image,
-    ]:
-        assert torch.equal(attn.q_proj.weight, attn.k_proj.weight)
-    plain = SamModule(MICRO, attention_init_gain=None)
-    a = plain.model.mask_decoder.transformer.layers[0].cross_attn_image_to_token
-    assert not torch.equal(a.q_proj.weight, a.k_proj.weight)
 
 
 def test_interactive_loss_trains_on_a_fixed_batch(corpus_a):
