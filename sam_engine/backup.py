@@ -43,7 +43,7 @@ from typing import Any
 import duckdb
 
 from .io import atomic_write_json
-from .quality.store import QualityStore, StoreBusyError
+from .quality.store import LOCK_RETRY_CAP_S, QualityStore, StoreBusyError, request_turn, withdraw_turn_request
 
 FORMAT = "sam-engine-backup"
 FORMAT_VERSION = 1
@@ -168,7 +168,9 @@ def _connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb
     delay = 0.01
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            conn = duckdb.connect(str(path), read_only=read_only)
+            withdraw_turn_request(path)
+            return conn
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             text = str(exc).lower()
             if "lock" not in text or time.monotonic() >= deadline:
@@ -178,8 +180,9 @@ def _connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb
                         "Stop the writer, or back up from inside it with backup(..., store=the_store)."
                     ) from exc
                 raise
+            request_turn(path)  # a busy annotation server gives the file up between its calls
             time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, LOCK_RETRY_CAP_S)
 
 
 def _copy_duckdb(src: Path, dst: Path, lock_timeout_s: float) -> None:

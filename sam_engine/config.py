@@ -48,11 +48,14 @@ class ModelSection(_Section):
 class TrainSection(_Section):
     max_minutes: float = 10.0
     max_steps: int = 4000
-    batch_size: int = 16
+    batch_size: int = (
+        8  # more, smaller steps learn faster per CPU minute than 16 (measured, docs/architecture.md)
+    )
     lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 100
+    warmup_steps: int = 30
     finetune_steps: int = 600
+    finetune_minutes: float = 1.5  # per fine-tune (v1, v2, v3); the default run has three
     finetune_lr: float = 3e-4
     num_workers: int = 0
     device: str = "auto"
@@ -155,6 +158,7 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "max_steps": 20,
             "batch_size": 4,
             "finetune_steps": 10,
+            "finetune_minutes": 0.2,
             "warmup_steps": 2,
         },
         "stages": {
@@ -173,8 +177,13 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "retrain_min_new_masks": 5,
             "image_budget_s": 60.0,
         },
-        "eval": {"gold_objects": 12, "gold_amg_images": 3, "public_val_objects": 12, "max_clicks": 5,
-                 "regression_tolerance": 1.0},
+        "eval": {
+            "gold_objects": 12,
+            "gold_amg_images": 3,
+            "public_val_objects": 12,
+            "max_clicks": 5,
+            "regression_tolerance": 1.0,
+        },
     },
     "default": {},
     "scale": {

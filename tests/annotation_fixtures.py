@@ -265,7 +265,7 @@ def _serve_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from sam_engine.annotation.server import run
 
-    store = QualityStore(args.db, idle_release_s=1.0)
+    store = QualityStore(args.db, idle_release_s=1.0, max_hold_s=2.0)  # the CLI's defaults
     app, _ = build_app(store, Path(args.images))
     run(app, "127.0.0.1", args.port, log_level="warning")
 

@@ -14,8 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium missing")]
 
@@ -31,11 +37,17 @@ def webserver(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     port = _free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(home), SAM_ENGINE_DATA_DIR=str(home / "data"),
-               SAM_ENGINE_PROFILE="smoke")
+    env = dict(
+        os.environ, DAGSTER_HOME=str(home), SAM_ENGINE_DATA_DIR=str(home / "data"), SAM_ENGINE_PROFILE="smoke"
+    )
     exe = Path(sys.executable).with_name("dagster-webserver")
-    proc = subprocess.Popen([str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while True:
@@ -81,5 +93,7 @@ def test_asset_graph_page_shows_the_engine(webserver):
                 pass
             for name in neighbours:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-        page.screenshot(path=str(Path(os.environ.get("SAM_ENGINE_SCREENSHOTS", "/tmp")) / "dagster_assets.png"))
+        page.screenshot(
+            path=str(Path(os.environ.get("SAM_ENGINE_SCREENSHOTS", "/tmp")) / "dagster_assets.png")
+        )
         browser.close()

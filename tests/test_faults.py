@@ -54,8 +54,14 @@ def _run(overrides, fault: str | None):
     env.pop("SAM_ENGINE_FAULT", None)
     if fault:
         env["SAM_ENGINE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-c", WORK, json.dumps(overrides)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", WORK, json.dumps(overrides)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_sigkill_during_stage2_masks_then_rerun(stage2_world):
@@ -79,6 +85,7 @@ def test_sigkill_during_stage2_masks_then_rerun(stage2_world):
     assert set(tasks["status"]) == {"done"}
     assert not masks.duplicated(["task_id", "segmentation"]).any()
     kept = masks[masks["mask_id"].isin(before["mask_id"])].sort_values("mask_id")
-    assert kept[["mask_id", "task_id", "segmentation"]].reset_index(drop=True).equals(before), \
+    assert kept[["mask_id", "task_id", "segmentation"]].reset_index(drop=True).equals(before), (
         "work acknowledged before the kill is untouched"
+    )
     assert set(masks["task_id"]) == set(tasks["task_id"]), "every task now has its masks"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -326,9 +327,14 @@ def test_reader_process_takes_turns_with_idle_releasing_writer(tmp_path: Path) -
     writer.add_annotator("alice")
     _commit(writer, request_id="w1")
     code = f"""
+        import time
         from sam_engine.quality.store import connect_read_only
         r = connect_read_only({str(db)!r}, lock_timeout_s=30)
-        print(len(r.masks()), r.holds_connection)
+        n = len(r.masks())
+        deadline = time.monotonic() + 10  # the reader lets the file go once it idles (bounded wait)
+        while r.holds_connection and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(n, r.holds_connection)
     """
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -372,6 +378,129 @@ def test_reader_gives_up_clearly_when_writer_never_releases(tmp_path: Path) -> N
     writer.add_images([{"image_id": 2, "file_name": "b.png", "width": 16, "height": 12}])  # still writable
     assert len(writer.images()) == 2
     writer.close()
+
+
+def _busy(writer: QualityStore, stop: threading.Event, done: list[int], errors: list[str]) -> None:
+    """A writer that is never idle: a commit or a read every few milliseconds until ``stop``."""
+    i = 0
+    while not stop.is_set():
+        try:
+            if i % 3 == 0:
+                done.append(_commit(writer, request_id=f"busy{i}"))
+            else:
+                assert writer.get_image(1) is not None
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(f"call {i}: {type(exc).__name__}: {exc}")
+            return
+        i += 1
+        time.sleep(0.003)
+
+
+_READ_PASS = """
+    from sam_engine.quality.store import StoreBusyError, connect_read_only
+    try:
+        with connect_read_only({db!r}, lock_timeout_s={timeout}) as r, r.transaction():  # one turn, one state
+            print("read", len(r.masks()), len(r.events()), len(r.images()))
+    except StoreBusyError as e:
+        print("busy:", e)
+"""
+
+
+@pytest.mark.parametrize("max_hold_s", [0.5, None])
+def test_busy_writer_gives_a_reader_process_a_turn_only_with_max_hold(
+    tmp_path: Path, max_hold_s: float | None
+) -> None:
+    """Under constant load the idle release never fires; ``max_hold_s`` lets a reader in and loses no write."""
+    db = tmp_path / "q.duckdb"
+    writer = QualityStore(db, idle_release_s=5.0, max_hold_s=max_hold_s)
+    writer.add_images([{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12}])
+    writer.add_annotator("alice")
+    stop, done, errors = threading.Event(), [], []
+    busy = threading.Thread(target=_busy, args=(writer, stop, done, errors), daemon=True)
+    busy.start()
+    try:
+        result = _run_child(_READ_PASS.format(db=str(db), timeout=20.0 if max_hold_s else 2.0))
+    finally:
+        stop.set()
+        busy.join(timeout=30)
+    assert not busy.is_alive() and not errors, errors
+    if max_hold_s is None:  # the bug this option fixes: the reader never gets in
+        assert "busy:" in result.stdout, (result.stdout, result.stderr)
+        assert writer.turns_given == 0
+    else:
+        assert result.stdout.startswith("read"), (result.stdout, result.stderr)
+        masks, events, _ = (int(v) for v in result.stdout.split()[1:])
+        assert 1 <= masks <= len(done) and events == masks  # one consistent state: a commit event per mask
+        assert writer.turns_given >= 1
+    assert sorted(writer.masks()["mask_id"]) == sorted(done)  # every write of the busy writer landed
+    writer.close()
+
+
+def test_max_hold_writer_keeps_the_file_when_nobody_asks(tmp_path: Path) -> None:
+    writer = QualityStore(tmp_path / "q.duckdb", max_hold_s=0.1)
+    writer.add_images([{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12}])
+    writer.add_annotator("alice")
+    stop, done, errors = threading.Event(), [], []
+    busy = threading.Thread(target=_busy, args=(writer, stop, done, errors), daemon=True)
+    busy.start()
+    stop.wait(1.0)  # ten hold periods
+    stop.set()
+    busy.join(timeout=30)
+    assert not errors and len(done) >= 1
+    assert writer.turns_given == 0 and writer.holds_connection
+    writer.close()
+
+
+def test_own_turn_request_is_not_mistaken_for_another_process(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    writer = QualityStore(db, max_hold_s=0.1)
+    writer._own_request_ns = store_module.request_turn(db)  # as after waiting for the file itself
+    assert not writer._turn_requested()
+    time.sleep(0.01)
+    store_module.request_turn(db)  # another process asks
+    assert writer._turn_requested()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_hold_s": 0.0},
+        {"max_hold_s": 1.0, "yield_s": store_module.LOCK_RETRY_CAP_S},
+        {"max_hold_s": 1.0, "yield_s": 0.0},
+    ],
+)
+def test_max_hold_options_are_validated(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="max_hold_s|LOCK_RETRY_CAP_S"):
+        QualityStore(tmp_path / "q.duckdb", **kwargs)
+    assert not (tmp_path / "q.duckdb").exists()
+
+
+def test_image_resolver_serves_known_images_without_the_store(tmp_path: Path) -> None:
+    """The annotation server loads images under its predictor lock: a known image must not wait for the store."""
+    from sam_engine.annotation.protocol import NotFound
+    from sam_engine.annotation.service import ImageResolver
+    from sam_engine.data.images import save_png
+
+    s = QualityStore(tmp_path / "q.duckdb")
+    img = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    save_png(img, tmp_path / "images" / "a.png")
+    s.add_images([{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12, "source": "pool"}])
+    resolver = ImageResolver(s, {"pool": tmp_path / "images"}, max_cached=1)
+    assert np.array_equal(resolver.load(1), img)
+    s.close()  # every further store call would raise now
+    assert np.array_equal(resolver.load(1), img) and resolver.record(1)["width"] == 16
+    with pytest.raises(RuntimeError, match="closed"):  # an image it has not seen still asks the store
+        resolver.load(2)
+    resolver.forget(1)
+    with pytest.raises(RuntimeError, match="closed"):
+        resolver.record(1)
+    resolver.store = s2 = QualityStore(tmp_path / "q.duckdb")
+    assert resolver.path(1) == (tmp_path / "images" / "a.png").resolve()
+    (tmp_path / "images" / "a.png").unlink()
+    with pytest.raises(NotFound):  # a file that went away is looked up again, not served from the cache
+        resolver.path(1)
+    s2.close()
 
 
 @settings(max_examples=60, deadline=None)

@@ -20,6 +20,7 @@ from sam_engine.training.prompts import (
     PromptSchedule,
     error_points,
     first_prompts,
+    interior_weights,
     mask_boxes,
     noisy_boxes,
     sample_uniform,
@@ -116,7 +117,7 @@ def test_mask_boxes_and_noisy_boxes():
 def test_first_prompts_mix_points_and_boxes():
     masks = torch.zeros(64, 32, 32, dtype=torch.bool)
     masks[:, 8:20, 4:28] = True
-    p = first_prompts(masks, gen(3))
+    p = first_prompts(masks, gen(3), box_prob=0.5)
     assert p.coords.shape == (64, 2, 2) and p.labels.shape == (64, 2)
     assert 10 < int(p.is_box.sum()) < 54  # about half
     pts = ~p.is_box
@@ -125,8 +126,54 @@ def test_first_prompts_mix_points_and_boxes():
     xy = p.coords[pts, 0].long()
     assert masks[0][xy[:, 1], xy[:, 0]].all()  # points lie on the mask
     assert (p.num_points == pts.long()).all()
-    q = first_prompts(masks, gen(3))
+    q = first_prompts(masks, gen(3), box_prob=0.5)
     assert torch.equal(p.coords, q.coords) and torch.equal(p.labels, q.labels)
+
+
+def test_interior_points_lie_deeper_than_uniform_ones():
+    masks = torch.zeros(200, 48, 48, dtype=torch.bool)
+    masks[:, 4:44, 4:44] = True  # a 40 px square: depth = distance to its edge
+    masks[:10] = False
+    masks[:10, 20, 2:46] = True  # a 1 px line: empty on the coarse grid, must still get points on it
+    w = interior_weights(masks)
+    assert (w[~masks] == 0).all() and (w[masks] > 0).all()
+    assert w[10, 24, 24] > w[10, 5, 24]  # centre weighs more than the border
+
+    def depth(p):
+        xy = p.coords[~p.is_box, 0].long()
+        dx = torch.minimum(xy[:, 0] - 4, 43 - xy[:, 0])
+        dy = torch.minimum(xy[:, 1] - 4, 43 - xy[:, 1])
+        return torch.minimum(dx, dy).float()
+
+    uniform = first_prompts(masks[10:], gen(1), box_prob=0.0, interior_prob=0.0)
+    interior = first_prompts(masks[10:], gen(1), box_prob=0.0, interior_prob=1.0)
+    assert depth(interior).mean() > depth(uniform).mean() + 3
+    lines = first_prompts(masks[:10], gen(2), box_prob=0.0, interior_prob=1.0)
+    xy = lines.coords[:, 0].long()
+    assert masks[0][xy[:, 1], xy[:, 0]].all()  # thin masks: points still on the mask
+    again = first_prompts(masks[10:], gen(1), box_prob=0.0, interior_prob=1.0)
+    assert torch.equal(interior.coords, again.coords)
+
+
+def test_prompt_attention_init_ties_keys_to_queries():
+    from sam_engine.training.module import SamModule
+
+    plain = SamModule(MICRO, attention_init_gain=None, seed=0).model
+    tied = SamModule(MICRO, attention_init_gain=3.0, attention_init_both=True, seed=0).model
+    for a, b in zip(plain.mask_decoder.transformer.layers, tied.mask_decoder.transformer.layers, strict=True):
+        for name in ("cross_attn_image_to_token", "cross_attn_token_to_image"):
+            qa, qb = getattr(a, name), getattr(b, name)
+            assert torch.allclose(qb.q_proj.weight, 3.0 * qa.q_proj.weight)
+            assert torch.equal(qb.k_proj.weight, qb.q_proj.weight)
+            assert not torch.equal(qa.k_proj.weight, qa.q_proj.weight)
+    one_way = SamModule(MICRO, attention_init_gain=3.0, attention_init_both=False, seed=0).model
+    layer = one_way.mask_decoder.transformer.layers[0]
+    assert torch.equal(
+        layer.cross_attn_image_to_token.k_proj.weight, layer.cross_attn_image_to_token.q_proj.weight
+    )
+    assert not torch.equal(
+        layer.cross_attn_token_to_image.k_proj.weight, layer.cross_attn_token_to_image.q_proj.weight
+    )
 
 
 def test_error_points_labels_follow_error_type():
@@ -320,8 +367,11 @@ def _evaluate(checkpoint, corpus):
     return summary
 
 
-@pytest.mark.xfail(reason="fine-tune gain at smoke scale is within noise until v0 training learns faster "
-                   "(issue: model); kept running so a pass shows up", strict=False)
+@pytest.mark.xfail(
+    reason="fine-tune gain at smoke scale is within noise until v0 training learns faster "
+    "(issue: model); kept running so a pass shows up",
+    strict=False,
+)
 def test_train_then_finetune_on_domain_b_improves_and_is_tracked(tmp_path, corpus_a, corpus_b):
     from sam_engine.model.checkpoint import read_checkpoint
     from sam_engine.tracking import TrackingSettings

@@ -70,7 +70,11 @@ def _serve(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.torch_threads)
     data_dir = Path(args.data_dir)
-    store = QualityStore(args.db or data_dir / "quality.duckdb", idle_release_s=args.idle_release_s)
+    store = QualityStore(
+        args.db or data_dir / "quality.duckdb",
+        idle_release_s=args.idle_release_s,
+        max_hold_s=args.max_hold_s if args.max_hold_s > 0 else None,
+    )
     dirs = _dataset_dirs(args.dataset_dir, data_dir)
     predictor = load_predictor(args.checkpoint, args.model, args.random_init, args.seed)
     service = SegmentationService(predictor, ImageResolver(store, dirs).load, cache_size=args.cache_size)
@@ -133,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="close the DuckDB file after this many idle seconds so readers get a turn",
+    )
+    serve.add_argument(
+        "--max-hold-s",
+        type=float,
+        default=2.0,
+        help="when another process waits for the DuckDB file, give it a turn once the server has held the file "
+        "this many seconds (readers get in under constant load; 0: never)",
     )
     serve.add_argument(
         "--torch-threads",

@@ -6,6 +6,8 @@ The FastAPI server (``server.py``) only translates HTTP / WebSocket messages int
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +32,11 @@ class ImageResolver:
 
     ``dataset_dirs`` is either a mapping ``source -> folder`` (the image's ``source`` column picks the folder;
     key ``"*"`` is the fallback) or a list of folders searched in order.
+
+    An image's store row (file name, source, width, height) and its resolved file are cached after the first
+    lookup (up to ``max_cached`` images, least recently used out): they do not change while it is served, and a
+    click on an image whose pixels left the segmentation cache then reloads the file without waiting for the
+    store (which another process may hold) under the predictor lock. :meth:`forget` drops entries.
     """
 
     def __init__(
@@ -37,9 +44,11 @@ class ImageResolver:
         store: QualityStore,
         dataset_dirs: Mapping[str, str | Path] | Sequence[str | Path],
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_cached: int = 65536,
     ) -> None:
         self.store = store
         self.max_pixels = max_pixels
+        self.max_cached = max_cached
         if isinstance(dataset_dirs, Mapping):
             self.by_source: dict[str, Path] | None = {k: Path(v).resolve() for k, v in dataset_dirs.items()}
             self.roots = list(self.by_source.values())
@@ -48,16 +57,46 @@ class ImageResolver:
             self.roots = [Path(d).resolve() for d in dataset_dirs]
         if not self.roots:
             raise ValueError("at least one dataset folder must be configured")
+        self._cache_lock = threading.Lock()
+        self._records: OrderedDict[int, dict] = OrderedDict()
+        self._paths: dict[int, Path] = {}
 
     def record(self, image_id: int) -> dict:
+        """The image's store row (cached after the first lookup; a missing image is looked up every time)."""
+        image_id = int(image_id)
+        with self._cache_lock:
+            row = self._records.get(image_id)
+            if row is not None:
+                self._records.move_to_end(image_id)
+                return dict(row)
         row = self.store.get_image(image_id)
         if row is None:
             raise NotFound(f"image {image_id} is not in the store")
+        with self._cache_lock:
+            self._records[image_id] = dict(row)
+            while len(self._records) > self.max_cached:
+                old, _ = self._records.popitem(last=False)
+                self._paths.pop(old, None)
         return row
+
+    def forget(self, image_id: int | None = None) -> None:
+        """Drop the cached row and file of one image (all images with None), e.g. after its row changed."""
+        with self._cache_lock:
+            if image_id is None:
+                self._records.clear()
+                self._paths.clear()
+            else:
+                self._records.pop(int(image_id), None)
+                self._paths.pop(int(image_id), None)
 
     def path(self, image_id: int) -> Path:
         """The image's file; Forbidden if its name escapes the dataset folders, NotFound if it is missing."""
+        image_id = int(image_id)
         row = self.record(image_id)
+        with self._cache_lock:
+            cached = self._paths.get(image_id)
+        if cached is not None and cached.is_file():
+            return cached
         if self.by_source is not None:
             root = self.by_source.get(row["source"] or "", self.by_source.get("*"))
             roots = [root] if root is not None else []
@@ -71,16 +110,20 @@ class ImageResolver:
             except DataError as exc:
                 raise Forbidden(f"image {image_id}: {exc.message}") from None
             if candidate.is_file():
+                with self._cache_lock:
+                    if image_id in self._records:
+                        self._paths[image_id] = candidate
                 return candidate
         raise NotFound(f"image {image_id}: file {row['file_name']!r} not found in the dataset folders")
 
     def load(self, image_id: int) -> np.ndarray:
         """Decoded HxWx3 uint8 image; its size must match the store's record."""
         row = self.record(image_id)
-        img = load_image(self.path(image_id), max_pixels=self.max_pixels)
+        path = self.path(image_id)
+        img = load_image(path, max_pixels=self.max_pixels)
         if img.shape[:2] != (row["height"], row["width"]):
             raise DataError(
-                str(self.path(image_id)),
+                str(path),
                 image_id,
                 "width/height",
                 f"file is {img.shape[1]}x{img.shape[0]} but the store says {row['width']}x{row['height']}",

@@ -99,8 +99,11 @@ def simulate_stage(
         for aid, profile in profiles.items():
             # "in_progress" tasks were interrupted (masks and the "done" status are committed together, so
             # such a task has no masks yet): they are worked again
-            pending = [t for t in store.tasks_for(aid, status=["pending", "in_progress"])
-                       if t["stage"] == stage and t["kind"] in ("annotate", "honeypot", "complete")]
+            pending = [
+                t
+                for t in store.tasks_for(aid, status=["pending", "in_progress"])
+                if t["stage"] == stage and t["kind"] in ("annotate", "honeypot", "complete")
+            ]
             if not pending:
                 continue
             sim = SimulatedAnnotator(

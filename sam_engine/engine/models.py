@@ -75,7 +75,7 @@ def train_version(
         parent.checkpoint if parent else cfg.model.name,
         out_dir,
         max_steps=t.finetune_steps if finetune else t.max_steps,
-        max_minutes=t.max_minutes if not finetune else max(0.2, t.max_minutes / 5),
+        max_minutes=t.finetune_minutes if finetune else t.max_minutes,
         batch_size=t.batch_size,
         lr=t.finetune_lr if finetune else t.lr,
         seed=cfg.seed,

@@ -31,8 +31,10 @@ class Workspace:
         return TrackingSettings.from_config(self.cfg)
 
     def open_store(self, read_only: bool = False):
-        """The DuckDB store. Readers and writers both release the file between calls (``idle_release_s=0``), so
-        Dagster steps, the annotation server and readers take turns under DuckDB's single-writer rule."""
+        """The DuckDB store, to use in a ``with`` block. A writer releases the file after every call
+        (``idle_release_s=0``); a reader (:func:`~sam_engine.quality.store.connect_read_only`) keeps it for one
+        short burst of calls, so a read pass takes one turn. Both ask a busy holder (the annotation server) for a
+        turn, so Dagster steps, the server and readers take turns under DuckDB's single-writer rule."""
         from ..quality.store import QualityStore, connect_read_only
 
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ from .store import (
     connect_read_only,
     hash_secret,
     make_token,
+    request_turn,
     split_token,
+    withdraw_turn_request,
 )
 
 __all__ = [
@@ -17,5 +19,7 @@ __all__ = [
     "connect_read_only",
     "hash_secret",
     "make_token",
+    "request_turn",
     "split_token",
+    "withdraw_turn_request",
 ]

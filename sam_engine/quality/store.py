@@ -2,7 +2,8 @@
 
 Contract (others build on it; keep it stable)::
 
-    store = QualityStore(path, read_only=False, *, idle_release_s=None, lock_timeout_s=30.0)
+    store = QualityStore(path, read_only=False, *, idle_release_s=None, lock_timeout_s=30.0,
+                         max_hold_s=None, yield_s=0.3)
     with store.transaction() as conn: ...            # BEGIN / COMMIT, ROLLBACK on error; nests (joins outer)
     store.add_images([{image_id, file_name, width, height, region?, split?, source?}])   # upsert by image_id
     annotator_id, token = store.add_annotator(name, role="annotator", expertise=[...], profile={...})
@@ -15,25 +16,38 @@ Contract (others build on it; keep it stable)::
     store.comment(actor, text, mask_id=None, task_id=None) -> event_id
     store.review(mask_id, reviewer, verdict, comment=None, fixed_rle=None) -> dict
     store.query(sql, params) -> DataFrame; store.execute(sql, params) -> list[tuple]   # escape hatch
-    connect_read_only(path, lock_timeout_s=30.0) -> QualityStore                         # for readers
+    connect_read_only(path, lock_timeout_s=30.0, *, burst_s=0.5) -> QualityStore          # for readers
+    request_turn(path); withdraw_turn_request(path)    # ask the holder of the file for a turn; got it
 
 Durability: every write is one DuckDB transaction; DuckDB appends it to its write-ahead log and syncs the log
 (fdatasync) at COMMIT, so a method that returned has its rows on disk and a killed process replays them on the
 next open. ``commit_mask`` is idempotent by ``request_id`` (unique column): a replay returns the first mask id.
 
 Single writer: DuckDB lets one process hold a file open for writing, and a read-only open from another process
-fails while it does. This store respects that rule as follows:
+fails while it does (read-only opens share the file with each other). This store respects that rule as follows:
 
 * the process that writes (the annotation server, or a Dagster step) owns the store. With
   ``idle_release_s=None`` it keeps the connection for its lifetime (fastest, exclusive). With
   ``idle_release_s=t`` it closes the connection after ``t`` idle seconds (``0``: after every call), so other
-  processes can take turns; the annotation server runs this way.
-* every open retries with back-off while another process holds a conflicting lock, for up to
-  ``lock_timeout_s``, then raises :class:`StoreBusyError` naming the file.
-* readers use :func:`connect_read_only`: a store whose every call opens a short-lived read-only connection
-  (retrying while a writer holds the file) and closes it straight after, so it never blocks the writer for
-  longer than one query. While the server is busy all the time, read through its ``/api/export/*`` endpoints,
-  or ask the writer for a consistent copy with :meth:`QualityStore.snapshot` and read that.
+  processes can take turns.
+* a process that cannot open the file because another one holds it asks for a turn: it touches
+  ``<file>.turn`` (:func:`request_turn`) and retries with back-off (at most :data:`LOCK_RETRY_CAP_S` between
+  tries) for up to ``lock_timeout_s``, then raises :class:`StoreBusyError` naming the file.
+* a store opened with ``max_hold_s=h`` gives the file up when it has held it for ``h`` seconds and another
+  process asked for a turn within the last :data:`TURN_REQUEST_FRESH_S` seconds: between two calls (never
+  inside a transaction) it closes the connection and keeps its own callers waiting until the waiting process
+  has opened the file (it withdraws its request: :func:`withdraw_turn_request`) or for at most ``yield_s``
+  seconds, longer than the waiting process's retry interval. So a store that is never idle (the annotation
+  server under load: ``--max-hold-s``, default 2 s) still lets readers in, and one that nobody asks never
+  pauses.
+* readers use :func:`connect_read_only`: a read-only store that keeps its connection for one short burst of
+  calls (released on ``close``, after :data:`READ_IDLE_RELEASE_S` idle seconds, or after ``burst_s`` when a
+  writer waits), so a quick read pass of a few queries takes one turn. A pass that must see one consistent
+  state runs inside ``reader.transaction()``, which is never interrupted (keep it short: the writer waits for
+  it). Alternatives while the server is busy: its ``/api/export/*`` endpoints, or a consistent copy from
+  :meth:`QualityStore.snapshot`.
+
+A process that cannot write next to the file cannot ask for a turn; it then waits for the holder to idle.
 
 Within one process the store is thread-safe: one re-entrant lock serialises calls, and a transaction holds it
 from BEGIN to COMMIT.
@@ -43,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import threading
@@ -78,6 +93,13 @@ _MASK_COLUMNS = (
     "area, predicted_iou, stability_score, clicks, seconds, manual_fix, status, version, parent_mask_id, "
     "root_mask_id, prompt, created_at, request_id"
 )
+LOCK_RETRY_CAP_S = 0.1  # longest back-off between two open attempts while another process holds the file
+TURN_REQUEST_FRESH_S = 1.0  # a request for a turn (touch of ``<file>.turn``) counts for this long
+DEFAULT_YIELD_S = 0.3  # longest a store with ``max_hold_s`` stays closed when it gives a turn
+READ_IDLE_RELEASE_S = 0.2  # a reader closes the file after this many idle seconds (or when closed)
+READ_BURST_S = 0.5  # a reader that a writer waits for closes the file after holding it this long
+assert DEFAULT_YIELD_S > LOCK_RETRY_CAP_S, "a pause shorter than a waiter's retry interval can pass unseen"
+assert TURN_REQUEST_FRESH_S > 2 * LOCK_RETRY_CAP_S, "a waiter must renew its request before it goes stale"
 _TASK_COLUMNS = "task_id, image_id, stage, kind, annotator_id, status, priority, created_at, updated_at, batch, mask_id, payload"
 
 
@@ -175,7 +197,12 @@ def _check_choice(value: Any, allowed: tuple[str, ...], field: str, record: Any 
 
 
 class QualityStore:
-    """DuckDB store of the annotation engine; see the module docstring for the contract and locking rules."""
+    """DuckDB store of the annotation engine; see the module docstring for the contract and locking rules.
+
+    ``max_hold_s``: once the file has been held that long and another process asked for a turn, give it up until
+    that process is in, for at most ``yield_s`` seconds (``None``: never). ``yield_s`` must exceed
+    :data:`LOCK_RETRY_CAP_S`. ``turns_given`` counts the turns given.
+    """
 
     def __init__(
         self,
@@ -184,15 +211,31 @@ class QualityStore:
         *,
         idle_release_s: float | None = None,
         lock_timeout_s: float = 30.0,
+        max_hold_s: float | None = None,
+        yield_s: float = DEFAULT_YIELD_S,
     ) -> None:
+        if max_hold_s is not None and not max_hold_s > 0:
+            raise ValueError(f"max_hold_s must be positive or None, got {max_hold_s}")
+        if max_hold_s is not None and not yield_s > LOCK_RETRY_CAP_S:
+            raise ValueError(
+                f"yield_s={yield_s} must exceed LOCK_RETRY_CAP_S={LOCK_RETRY_CAP_S}: a waiting process retries "
+                "that rarely, so a shorter pause can pass without it getting in"
+            )
         self.path = Path(path)
         self.read_only = read_only
         self.idle_release_s = idle_release_s
         self.lock_timeout_s = lock_timeout_s
+        self.max_hold_s = max_hold_s
+        self.yield_s = yield_s
+        self.turns_given = 0  # how often this store gave the file up because another process asked
+        self._turn_path = turn_request_path(self.path)
+        self._own_request_ns: int | None = None  # mtime of our own last turn request (not a request to us)
         self._lock = threading.RLock()
+        self._wake = threading.Event()  # set while a connection is open: the reaper watches it
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
         self._last_used = time.monotonic()
+        self._opened_at = time.monotonic()
         self._closed = False
         if read_only:
             if not self.path.exists():
@@ -206,17 +249,18 @@ class QualityStore:
             with self._use() as conn:
                 self._migrate(conn)
         self._reaper: threading.Thread | None = None
-        if idle_release_s is not None and idle_release_s > 0:
-            self._reaper = threading.Thread(target=self._reap_idle, name="quality-store-idle", daemon=True)
+        if (idle_release_s is not None and idle_release_s > 0) or max_hold_s is not None:
+            self._reaper = threading.Thread(target=self._reap, name="quality-store-reaper", daemon=True)
             self._reaper.start()
 
     # ------------------------------------------------------------------------------ connection handling
     def _open(self) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.005
+        asked = False
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=self.read_only)
+                conn = duckdb.connect(str(self.path), read_only=self.read_only)
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _is_lock_error(exc) or time.monotonic() >= deadline:
                     if _is_lock_error(exc):
@@ -226,13 +270,29 @@ class QualityStore:
                             "endpoints or a snapshot instead."
                         ) from exc
                     raise
+                self._own_request_ns = request_turn(self.path)
+                asked = True
                 time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, LOCK_RETRY_CAP_S)
+            else:
+                if asked:  # tell the holder that gave us the turn that we are in, so it stops waiting
+                    withdraw_turn_request(self.path)
+                return conn
+
+    def _connect(self) -> None:
+        """Open the connection (lock held) and wake the reaper."""
+        self._conn = self._open()
+        self._opened_at = time.monotonic()
+        self._wake.set()
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _release_if_due(self) -> None:
         if self._depth == 0 and self._conn is not None and self.idle_release_s == 0:
-            self._conn.close()
-            self._conn = None
+            self._disconnect()
 
     @contextmanager
     def _use(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -240,26 +300,71 @@ class QualityStore:
             if self._closed:
                 raise RuntimeError(f"{self.path}: quality store is closed")
             if self._conn is None:
-                self._conn = self._open()
+                self._connect()
             try:
                 yield self._conn
             finally:
                 self._last_used = time.monotonic()
                 self._release_if_due()
 
-    def _reap_idle(self) -> None:
-        period = max(0.02, min(0.25, (self.idle_release_s or 1.0) / 4))
-        while not self._closed:
+    def _turn_requested(self) -> bool:
+        """Whether another process asked for the file within the last ``TURN_REQUEST_FRESH_S`` seconds."""
+        try:
+            st = os.stat(self._turn_path)
+        except OSError:
+            return False
+        if st.st_mtime_ns == self._own_request_ns:
+            return False
+        return time.time() - st.st_mtime_ns / 1e9 < TURN_REQUEST_FRESH_S
+
+    def _turn_due(self) -> bool:
+        return (
+            self.max_hold_s is not None
+            and self._conn is not None
+            and time.monotonic() - self._opened_at >= self.max_hold_s
+            and self._turn_requested()
+        )
+
+    def _idle_due(self) -> bool:
+        return (
+            self.idle_release_s is not None
+            and self.idle_release_s > 0
+            and self._conn is not None
+            and time.monotonic() - self._last_used >= self.idle_release_s
+        )
+
+    def _give_turn(self) -> None:
+        """Close the file and keep this store's callers waiting (lock held) until the process that asked has
+        opened it (it withdraws its request) or ``yield_s`` has passed."""
+        self._disconnect()
+        self.turns_given += 1
+        end = time.monotonic() + self.yield_s
+        while time.monotonic() < end and self._turn_requested():
+            time.sleep(0.01)
+
+    def _reap(self) -> None:
+        """Background thread: close an idle connection, and give the file up when it is held too long."""
+        limits = [t for t in (self.idle_release_s, self.max_hold_s) if t]
+        period = max(0.02, min([0.25] + [t / 4 for t in limits]))
+        while True:
+            self._wake.wait()
+            if self._closed:
+                return
             time.sleep(period)
-            if not self._lock.acquire(blocking=False):
-                continue
-            try:
-                idle = time.monotonic() - self._last_used
-                if self._conn is not None and self._depth == 0 and idle >= (self.idle_release_s or 0):
-                    self._conn.close()
-                    self._conn = None
-            finally:
-                self._lock.release()
+            if self._conn is None:
+                with self._lock:  # sleep until the next open (which sets the event under this lock)
+                    if self._conn is None and not self._closed:
+                        self._wake.clear()
+            elif self._turn_due():
+                with self._lock:  # blocking: waits for the call or transaction in progress to end
+                    if self._depth == 0 and self._turn_due():
+                        self._give_turn()
+            elif self._idle_due() and self._lock.acquire(blocking=False):
+                try:
+                    if self._depth == 0 and self._idle_due():
+                        self._disconnect()
+                finally:
+                    self._lock.release()
 
     @property
     def holds_connection(self) -> bool:
@@ -269,16 +374,14 @@ class QualityStore:
     def release(self) -> None:
         """Close the connection now (outside a transaction) so another process can open the file."""
         with self._lock:
-            if self._depth == 0 and self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._depth == 0:
+                self._disconnect()
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._disconnect()
             self._closed = True
+            self._wake.set()  # let the reaper see it and exit
 
     def __enter__(self) -> QualityStore:
         return self
@@ -342,14 +445,12 @@ class QualityStore:
             with self._use() as conn:
                 conn.execute("CHECKPOINT")
             was_open = self._conn is not None
-            if was_open:  # close so the file on disk is complete and unchanging while it is copied
-                self._conn.close()
-                self._conn = None
+            self._disconnect()  # so the file on disk is complete and unchanging while it is copied
             try:
                 shutil.copyfile(self.path, tmp)
             finally:
                 if was_open and self.idle_release_s != 0:
-                    self._conn = self._open()
+                    self._connect()
         tmp.replace(dest)
         return dest
 
@@ -1043,13 +1144,60 @@ class QualityStore:
         return self.query("SELECT * FROM gold_scores ORDER BY created_at")
 
 
-def connect_read_only(path: str | Path, lock_timeout_s: float = 30.0) -> QualityStore:
-    """A read-only store for processes that only read (Dagster quality assets, reports).
+def connect_read_only(
+    path: str | Path,
+    lock_timeout_s: float = 30.0,
+    *,
+    burst_s: float = READ_BURST_S,
+    idle_release_s: float = READ_IDLE_RELEASE_S,
+) -> QualityStore:
+    """A read-only store for processes that only read (Dagster quality assets, reports, sensors).
 
-    Every call opens a short-lived read-only connection (waiting up to ``lock_timeout_s`` while a writer holds
-    the file) and closes it when the call returns, so readers and the idle-releasing writer take turns.
+    It opens the file when a call needs it (waiting up to ``lock_timeout_s`` while a writer holds it, and asking
+    the writer for a turn), keeps it for the calls that follow, and closes it after ``idle_release_s`` idle
+    seconds, after ``burst_s`` seconds when a writer waits, or on :meth:`~QualityStore.close`. So a quick read
+    pass of a few queries takes one turn; inside ``with reader.transaction():`` it is never interrupted and sees
+    one consistent state. Use the store as a context manager (``with``) so the file is released as soon as the
+    pass is done.
     """
-    return QualityStore(path, read_only=True, idle_release_s=0, lock_timeout_s=lock_timeout_s)
+    return QualityStore(
+        path,
+        read_only=True,
+        idle_release_s=idle_release_s,
+        lock_timeout_s=lock_timeout_s,
+        max_hold_s=burst_s,
+    )
+
+
+def turn_request_path(path: str | Path) -> Path:
+    """The file whose modification time says "another process waits for this DuckDB file": ``<path>.turn``."""
+    path = Path(path)
+    return path.with_name(path.name + ".turn")
+
+
+def request_turn(path: str | Path) -> int | None:
+    """Ask the process holding the DuckDB file at ``path`` for a turn (touch ``<path>.turn``).
+
+    A holder opened with ``max_hold_s`` gives the file up shortly after; call it again on every retry while
+    waiting (a request counts for :data:`TURN_REQUEST_FRESH_S` seconds). Returns the marker's new modification
+    time in ns, or None if it could not be written (a read-only folder: then the holder is not told).
+    """
+    marker = turn_request_path(path)
+    try:
+        marker.touch()
+        return marker.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def withdraw_turn_request(path: str | Path) -> None:
+    """Mark the request for a turn as served (the requester got the file): the holder stops waiting for it.
+
+    Another waiting process renews its own request on its next retry."""
+    try:
+        os.utime(turn_request_path(path), ns=(0, 0))
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------- helpers

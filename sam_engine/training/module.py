@@ -23,6 +23,26 @@ from .losses import LossWeights, sam_loss
 from .prompts import PromptSchedule, error_points, first_prompts
 
 
+def align_prompt_attention(model: torch.nn.Module, gain: float = 3.0, both_directions: bool = False) -> None:
+    """Start the decoder's cross-attention with tied, scaled query/key projections (from-scratch runs only).
+
+    With ``W_k = W_q`` the image-to-token attention logit between an image position and a prompt token
+    starts as a scaled inner product of their random-Fourier positional encodings, largest near the prompt,
+    so a randomly initialised decoder localises prompts after tens of steps instead of hundreds (the
+    projections then train freely). ``both_directions`` ties the token-to-image attentions too. A loaded
+    checkpoint overrides all of it.
+    """
+    transformer = model.mask_decoder.transformer
+    attns = [layer.cross_attn_image_to_token for layer in transformer.layers]
+    if both_directions:
+        attns += [layer.cross_attn_token_to_image for layer in transformer.layers]
+        attns.append(transformer.final_attn_token_to_image)
+    with torch.no_grad():
+        for attn in attns:
+            attn.q_proj.weight.mul_(gain)
+            attn.k_proj.weight.copy_(attn.q_proj.weight)
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
@@ -40,15 +60,21 @@ class SamModule(L.LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 4000,
         max_minutes: float | None = None,
-        decay_at: tuple[float, ...] = (0.75, 0.92),
+        decay_at: tuple[float, ...] = (0.85, 0.95),
         decay_factor: float = 0.1,
         schedule: dict[str, Any] | None = None,
         loss_weights: dict[str, Any] | None = None,
         seed: int = 0,
+        prompts_per_mask: int = 2,
+        attention_init_gain: float | None = 3.0,
+        attention_init_both: bool = False,
+        encoder_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_sam(model_config, seed=seed)
+        if attention_init_gain:
+            align_prompt_attention(self.model, attention_init_gain, attention_init_both)
         self.schedule = PromptSchedule(**(schedule or {}))
         self.loss_weights = LossWeights(**(loss_weights or {}))
 
@@ -73,17 +99,23 @@ class SamModule(L.LightningModule):
         return self.hparams.decay_factor**passed
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or "rel_pos" in name or "embed" in name else decay).append(p)
+            no_decay = p.ndim < 2 or "rel_pos" in name or "embed" in name
+            groups.setdefault((name.startswith("image_encoder."), no_decay), []).append(p)
+        lr = self.hparams.lr
         opt = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
+                {
+                    "params": params,
+                    "lr": lr * (self.hparams.encoder_lr_scale if encoder else 1.0),
+                    "weight_decay": 0.0 if no_decay else self.hparams.weight_decay,
+                }
+                for (encoder, no_decay), params in sorted(groups.items())
             ],
-            lr=self.hparams.lr,
+            lr=lr,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -114,7 +146,7 @@ class SamModule(L.LightningModule):
         gt_low_bin = gt_low > 0.5
         sch = self.schedule
         prompts = first_prompts(
-            gt_full, generator, sch.box_prob, sch.box_noise_frac, sch.box_noise_max, bounds
+            gt_full, generator, sch.box_prob, sch.box_noise_frac, sch.box_noise_max, bounds, sch.interior_prob
         )
         pe = model.prompt_encoder.get_dense_pe()
         m = gt_full.shape[0]
@@ -161,6 +193,9 @@ class SamModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         valid = batch["valid"]
         b_idx, k_idx = valid.nonzero(as_tuple=True)
+        # several independent prompt draws per mask share one encoder pass
+        reps = max(1, int(self.hparams.prompts_per_mask))
+        b_idx, k_idx = b_idx.repeat(reps), k_idx.repeat(reps)
         embeddings = self.encode(batch["image"], batch["size"])
         gt_full = batch["masks"][b_idx, k_idx]
         gen = _step_generator(self.hparams.seed, self.global_step)

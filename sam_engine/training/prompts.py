@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 LABEL_PAD, LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
 
@@ -27,11 +28,12 @@ class PromptSchedule:
     rounds train faster on a CPU.
     """
 
-    point_rounds: int = 2
-    mask_only_rounds: int = 1
-    box_prob: float = 0.5
+    point_rounds: int = 1
+    mask_only_rounds: int = 0
+    box_prob: float = 0.25
     box_noise_frac: float = 0.1
     box_noise_max: float = 20.0
+    interior_prob: float = 0.5
 
     def rounds(self, generator: torch.Generator) -> list[bool]:
         """The kinds of the rounds after round 0: True adds a point, False is mask-only (seeded placement)."""
@@ -57,6 +59,35 @@ def sample_uniform(region: torch.Tensor, generator: torch.Generator) -> tuple[to
     idx = scores.argmax(dim=1)
     found = flat.any(dim=1)
     idx = torch.where(found, idx, torch.zeros_like(idx))
+    return torch.stack([idx // w, idx % w], dim=1), found
+
+
+def interior_weights(masks: torch.Tensor, iterations: int = 8, factor: int = 4) -> torch.Tensor:
+    """Approximate depth of each mask pixel (M, H, W): how many 3x3 erosions of the mask, on a grid
+    ``factor`` times coarser, keep it (so depths reach ``iterations * factor`` pixels cheaply)."""
+    x = masks[:, None].to(torch.float32)
+    if factor > 1:
+        x = (F.avg_pool2d(x, factor, ceil_mode=True) >= 0.5).to(torch.float32)
+    depth = x.clone()
+    for _ in range(iterations):
+        x = -F.max_pool2d(-x, 3, stride=1, padding=1)  # erosion
+        if not bool(x.any()):
+            break
+        depth = depth + x
+    if factor > 1:
+        depth = depth.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        depth = depth[..., : masks.shape[1], : masks.shape[2]]
+    # every mask pixel keeps a small weight, so thin masks (empty on the coarse grid) still get points
+    return (depth[:, 0] + 0.25) * masks
+
+
+def sample_weighted(weights: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pixel per row drawn with probability proportional to ``weights`` (M, H, W) >= 0; (yx, found)."""
+    m, h, w = weights.shape
+    flat = weights.reshape(m, h * w)
+    found = flat.sum(dim=1) > 0
+    probs = torch.where(found[:, None], flat, torch.ones_like(flat))
+    idx = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return torch.stack([idx // w, idx % w], dim=1), found
 
 
@@ -133,15 +164,23 @@ def first_prompts(
     box_noise_frac: float = 0.1,
     box_noise_max: float = 20.0,
     bounds: torch.Tensor | None = None,
+    interior_prob: float = 0.0,
 ) -> Prompts:
     """Round-0 prompts for (M, H, W) bool masks in the input frame: a point or a noisy box per mask.
 
-    Every row gets two slots: (point, padding) or (box top-left, box bottom-right).
+    Every row gets two slots: (point, padding) or (box top-left, box bottom-right). Points are uniform over
+    the mask (SAM), except that with probability ``interior_prob`` a point is drawn with probability
+    proportional to the squared depth inside the mask (where people, and the click protocol, click first).
     """
     m = masks.shape[0]
     device = masks.device
     is_box = torch.rand(m, generator=generator, device=device) < box_prob
     yx, _ = sample_uniform(masks, generator)
+    if interior_prob > 0:
+        deep = torch.rand(m, generator=generator, device=device) < interior_prob
+        if bool(deep.any()):
+            yx_deep, found = sample_weighted(interior_weights(masks[deep]).pow(2), generator)
+            yx[deep] = torch.where(found[:, None], yx_deep, yx[deep])
     point = yx.flip(1).to(torch.float32)  # xy
     boxes = noisy_boxes(masks, generator, box_noise_frac, box_noise_max, bounds)
     coords = torch.where(

@@ -125,9 +125,12 @@ def train_model(
     mlflow: Any = None,
     *,
     masks_per_image: int = 8,
+    prompts_per_mask: int = 2,
+    attention_init_gain: float | None = 3.0,
+    attention_init_both: bool = True,
     weight_decay: float = 0.05,
     warmup_steps: int = 100,
-    decay_at: tuple[float, ...] = (0.75, 0.92),
+    decay_at: tuple[float, ...] = (0.85, 0.95),
     schedule: PromptSchedule | dict[str, Any] | None = None,
     loss_weights: dict[str, float] | None = None,
     num_workers: int = 0,
@@ -138,6 +141,7 @@ def train_model(
     final_eval_clicks: int = 20,
     accelerator: str = "auto",
     precision: str = "32-true",
+    gradient_clip_val: float | None = 1.0,
     progress_bar: bool = True,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
@@ -168,6 +172,9 @@ def train_model(
         schedule=schedule,
         loss_weights=loss_weights,
         seed=seed,
+        prompts_per_mask=prompts_per_mask,
+        attention_init_gain=attention_init_gain if start_state is None else None,
+        attention_init_both=attention_init_both,
     )
     resume_step = _step_of(last) if (resume and last.exists()) else None
     if resume_step is None and start_state is not None:
@@ -187,7 +194,7 @@ def train_model(
     dm.setup("fit")
 
     run_id = None
-    loggers: list[Any] = [CSVLogger(str(out), name="logs", version=0)]
+    loggers: list[Any] = [CSVLogger(str(out), name="logs")]  # a new version folder per call (resumes too)
     run_file = out / "mlflow_run.json"
     if mlflow is not None:
         from .. import tracking
@@ -209,6 +216,8 @@ def train_model(
             "max_minutes": max_minutes,
             "batch_size": batch_size,
             "masks_per_image": masks_per_image,
+            "prompts_per_mask": prompts_per_mask,
+            "attention_init_gain": attention_init_gain if start_state is None else None,
             "lr": lr,
             "weight_decay": weight_decay,
             "warmup_steps": warmup_steps,
@@ -237,6 +246,7 @@ def train_model(
         accelerator=accelerator,
         devices=1,
         precision=precision,
+        gradient_clip_val=gradient_clip_val,
         callbacks=[checkpointing],
         logger=loggers,
         log_every_n_steps=5,
