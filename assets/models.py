@@ -78,10 +78,9 @@ def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: M
 )
 def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: ModelRef) -> Output[ModelRef]:
     from sam_engine.data.sa1b import read_shards
-    from sam_engine.stage3 import shard_paths
 
     ws = workspace(engine)
-    shards = read_shards(shard_paths(ws.cfg.shards_dir), cache_dir=ws.cfg.data_dir / "shard_cache")
+    shards = read_shards(ws.shard_paths(), cache_dir=ws.cfg.data_dir / "shard_cache")
     merged = _merge(shards, _store_masks_corpus(ws, [1, 2]))
     ref, trained = train_version(ws, "model_v3", merged, model_v2, log_fn=context.log.info)
     return Output(

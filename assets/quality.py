@@ -15,7 +15,6 @@ from assets._common import table_md, workspace
 from jobs.resources import EngineResource
 from sam_engine.engine import quality, report
 from sam_engine.engine.splits import stage_split
-from sam_engine.stage3 import shard_paths
 
 GROUP = "quality"
 
@@ -117,7 +116,7 @@ def annotator_stats(context: AssetExecutionContext, engine: EngineResource):
 def shard_drift(context: AssetExecutionContext, engine: EngineResource, sa1b_shards: dict):
     ws = workspace(engine)
     shards = _shards_list(sa1b_shards)
-    paths = shard_paths(ws.cfg.shards_dir)
+    paths = ws.shard_paths()
     out = report.shard_drift(ws, shards, paths)
     yield Output(out, metadata={k: v for k, v in out.items() if isinstance(v, int | float | str)})
     yield AssetCheckResult(

@@ -58,7 +58,15 @@ class TrainSection(_Section):
     finetune_minutes: float = 1.5  # per fine-tune (v1, v2, v3); the default run has three
     finetune_lr: float = 3e-4
     num_workers: int = 0
+    # Predictors, AMG and training: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N.
     device: str = "auto"
+    # Lightning placement; None keeps sam_engine.training.distributed.scale_settings' choice for the profile
+    # (one CPU process; the scale profile: DDP on every visible GPU). A ddp* strategy trains with DDP.
+    strategy: Literal["auto", "single", "ddp", "ddp_spawn", "ddp_fork"] | None = None
+    devices: int | Literal["auto"] | None = None
+    num_nodes: int | None = None
+    accelerator: str | None = None
+    precision: str | None = None
 
 
 class StagesSection(_Section):
@@ -81,6 +89,8 @@ class StagesSection(_Section):
     amg_points_per_batch: int = 128
     amg_pred_iou_thresh: float = 0.88
     amg_stability_score_thresh: float = 0.92
+    # On a GPU: images per generate_batch call and per encoder call (the CPU keeps AmgParams' 4).
+    amg_gpu_images_per_call: int = Field(16, ge=1)
     qa_masks_per_shard: int = 40
     qa_good_iou: float = 0.75
     qa_min_good_share: float = 0.6
@@ -103,6 +113,10 @@ class EngineConfig(_Section):
     seed: int = 0
     annotators: Literal["simulated", "human"] = "simulated"
     data_dir: Path = REPO_ROOT / "data"
+    # Where stage-3 shards and model checkpoints are published: None is the data folder (as before); any
+    # fsspec URL (s3://bucket/shards, gs://..., memory://... in tests) goes through sam_engine.storage.
+    shards_url: str | None = None
+    models_url: str | None = None
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)

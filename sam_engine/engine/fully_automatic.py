@@ -1,4 +1,9 @@
-"""Stage 3: model v2 prompted with a point grid writes SA-1B shards (one partition per shard), checked by QA."""
+"""Stage 3: model v2 prompted with a point grid writes SA-1B shards (one partition per shard), checked by QA.
+
+Shards go to the data folder's ``shards/`` or, with ``shards_url`` set, to that fsspec URL (written in a local
+staging folder byte for byte as locally, then uploaded with a per-shard manifest entry). The model runs on the
+workspace's device; on a GPU, ``stages.amg_gpu_images_per_call`` images share each encoder call.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +15,80 @@ from .models import amg_params
 from .workspace import Workspace
 
 
+def stage3_amg(ws: Workspace) -> tuple[Any, int | None]:
+    """AMG settings and images per ``generate_batch`` call for stage 3 on ``ws.device``.
+
+    CPU: the configured settings and the writer's default (``encoder_batch_size`` images per call). GPU:
+    ``amg_gpu_images_per_call`` images per call, all in one encoder batch.
+    """
+    from ..amg.params import AmgParams
+
+    params = amg_params(ws)
+    if ws.device.type != "cuda":
+        return params, None
+    n = ws.cfg.stages.amg_gpu_images_per_call
+    return AmgParams(**{**params.model_dump(), "encoder_batch_size": n}), n
+
+
 def write_engine_shard(
     ws: Workspace, index: int, images: list[ImageRecord], model: ModelRef
 ) -> dict[str, Any]:
-    """Write shard ``index`` with model ``model``; the same model, images and seed give a byte-identical tar."""
+    """Write shard ``index`` with model ``model``; the same model, images and seed give a byte-identical tar
+    (locally or at ``shards_url``)."""
     from ..stage3 import write_shard
 
-    r = write_shard(index, images, ws.load_model(model), amg_params(ws), ws.cfg.shards_dir, seed=ws.cfg.seed)
+    sam = ws.load_model(model)
+    params, per_call = stage3_amg(ws)
+    seed = ws.cfg.seed
+    if ws.cfg.shards_url is None:
+        r = write_shard(index, images, sam, params, ws.cfg.shards_dir, seed=seed, images_per_call=per_call)
+        return {
+            "index": r.index,
+            "path": str(r.path),
+            "sha256": r.sha256,
+            "bytes": r.num_bytes,
+            "images": len(r.image_ids),
+            "image_ids": list(r.image_ids),
+            "masks": r.num_masks,
+            "blurred_boxes": r.blurred_boxes,
+            "masks_per_image": r.num_masks / max(1, len(r.image_ids)),
+            "model_sha256": model.sha256,
+        }
+    from .. import storage
+
+    staging = ws.cfg.data_dir / "shard_staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    e = storage.write_shard_to(
+        ws.cfg.shards_url,
+        index,
+        images,
+        sam,
+        params,
+        seed=seed,
+        staging_dir=staging,
+        images_per_call=per_call,
+    )
     return {
-        "index": r.index,
-        "path": str(r.path),
-        "sha256": r.sha256,
-        "bytes": r.num_bytes,
-        "images": len(r.image_ids),
-        "image_ids": list(r.image_ids),
-        "masks": r.num_masks,
-        "blurred_boxes": r.blurred_boxes,
-        "masks_per_image": r.num_masks / max(1, len(r.image_ids)),
+        "index": e["index"],
+        "path": e["path"],
+        "sha256": e["sha256"],
+        "bytes": e["bytes"],
+        "images": e["num_images"],
+        "image_ids": list(e["image_ids"]),
+        "masks": e["num_masks"],
+        "blurred_boxes": e["blurred_boxes"],
+        "masks_per_image": e["num_masks"] / max(1, e["num_images"]),
         "model_sha256": model.sha256,
     }
 
 
 def qa_shard(ws: Workspace, shard_path, n: int | None = None) -> dict[str, Any]:
-    """Seeded QA sample of a shard, judged by the simulated reviewer against the hidden ground truth."""
+    """Seeded QA sample of a shard (a path or a URL), judged by the simulated reviewer against the hidden
+    ground truth."""
     from ..qa import SimulatedReviewer, review, sample_shard
 
     s = ws.cfg.stages
-    items = sample_shard(shard_path, n or s.qa_masks_per_shard, ws.cfg.seed)
+    items = sample_shard(ws.local_file(shard_path), n or s.qa_masks_per_shard, ws.cfg.seed)
     reviewer = SimulatedReviewer(ws.ground_truth(), threshold=s.qa_good_iou)
     est = review(items, reviewer).estimate()
     return {

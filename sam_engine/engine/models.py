@@ -42,9 +42,13 @@ def train_version(
     The training folder is keyed by the data hash and the parent's checkpoint hash: the same inputs reuse the
     finished checkpoint (re-materializing is idempotent), an interrupted run resumes from its last
     checkpoint, and new data starts a new run that becomes a new registered model version.
+    Where it trains comes from :func:`~sam_engine.training.distributed.scale_settings`: one process with
+    ``train_model`` (validation, MLflow, resume), or, when the settings are distributed (``scale`` profile on
+    several GPUs, or ``train.strategy`` / ``devices`` / ``num_nodes`` set), ``train_distributed`` (DDP; no
+    validation loop, MLflow run or resume). With ``models_url`` set the new version is also published there.
     Returns (ref, trained_now).
     """
-    from ..training.train import train_model
+    from ..training import distributed
 
     cfg = ws.cfg
     data_hash = corpus_hash(corpus)
@@ -69,41 +73,60 @@ def train_version(
     if exported.exists() and existing is not None and existing.data.get("train_key") == key:
         if log_fn:
             log_fn(f"{name}: same data and parent as the stored version; reusing {existing.checkpoint}")
-        return existing, False
-    result = train_model(
-        corpus,
-        parent.checkpoint if parent else cfg.model.name,
-        out_dir,
-        max_steps=t.finetune_steps if finetune else t.max_steps,
-        max_minutes=t.finetune_minutes if finetune else t.max_minutes,
-        batch_size=t.batch_size,
-        lr=t.finetune_lr if finetune else t.lr,
-        seed=cfg.seed,
-        val_corpus=val_corpus,
-        resume=True,
-        mlflow=ws.tracking,
-        warmup_steps=t.warmup_steps if not finetune else max(1, t.warmup_steps // 4),
-        weight_decay=t.weight_decay,
-        num_workers=t.num_workers,
-        val_max_objects=cfg.eval.public_val_objects,
-        final_eval_clicks=cfg.eval.max_clicks,
-        run_name=name,
-        tags={"engine_model": name, "train_key": key},
-        progress_bar=True,
-    )
-    data.update({"train_key": key, "steps": result.steps})
+        return ws.publish_model(existing), False
+    settings = distributed.scale_settings(cfg)
+    start = str(ws.checkpoint(parent)) if parent else cfg.model.name
+    common = {
+        "max_steps": t.finetune_steps if finetune else t.max_steps,
+        "batch_size": t.batch_size,
+        "lr": t.finetune_lr if finetune else t.lr,
+        "seed": cfg.seed,
+        "warmup_steps": t.warmup_steps if not finetune else max(1, t.warmup_steps // 4),
+        "weight_decay": t.weight_decay,
+        "num_workers": t.num_workers,
+        "progress_bar": True,
+    }
+    if settings.distributed:
+        if log_fn:
+            log_fn(
+                f"{name}: distributed training, {settings.strategy} on {settings.devices} "
+                f"{settings.accelerator} device(s) x {settings.num_nodes} node(s)"
+            )
+        dist = distributed.train_distributed(corpus, start, out_dir, settings=settings, **common)
+        checkpoint, steps, run_id, version = dist.checkpoint, dist.steps, None, None
+        metrics: dict[str, Any] = {**dist.metrics, "world_size": dist.world_size}
+    else:
+        from ..training.train import train_model
+
+        extra = {} if t.device in (None, "", "auto") else {"accelerator": settings.accelerator}
+        result = train_model(
+            corpus,
+            start,
+            out_dir,
+            max_minutes=t.finetune_minutes if finetune else t.max_minutes,
+            val_corpus=val_corpus,
+            resume=True,
+            mlflow=ws.tracking,
+            val_max_objects=cfg.eval.public_val_objects,
+            final_eval_clicks=cfg.eval.max_clicks,
+            run_name=name,
+            tags={"engine_model": name, "train_key": key},
+            **common,
+            **extra,
+        )
+        checkpoint, steps, metrics = result.checkpoint, result.steps, result.metrics
+        run_id, version = result.run_id, result.model_version
+    data.update({"train_key": key, "steps": steps})
     ref = ws.model_store.put(
         name,
-        result.checkpoint,
+        checkpoint,
         parent=parent.name if parent else None,
-        mlflow_run_id=result.run_id,
-        registered_version=result.model_version,
-        metrics={
-            k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float) and np.isfinite(v)
-        },
+        mlflow_run_id=run_id,
+        registered_version=version,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)},
         data=data,
     )
-    return ref, True
+    return ws.publish_model(ref), True
 
 
 def evaluate_version(

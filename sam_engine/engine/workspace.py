@@ -1,10 +1,18 @@
-"""Everything a stage needs, resolved from the config: stores, the model store, tracking, predictors."""
+"""Everything a stage needs, resolved from the config: stores, the model store, tracking, predictors.
+
+Also where things are and run: the device of predictors and the automatic mask generator (``train.device``,
+resolved once), the shard location (``shards_url``, else the data folder's ``shards/``) and published model
+checkpoints (``models_url``). Remote files are read through a local cache (``storage_cache/`` in the data
+folder, or ``$SAM_ENGINE_CACHE_DIR``).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +22,11 @@ from ..data.corpus import MaskCorpus
 from ..data.images import load_image
 from ..model_store import ModelRef, ModelStore
 from ..tracking import TrackingSettings
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT_URL = "checkpoint_url"  # key in ModelRef.data: where models_url holds the version's checkpoint
 
 
 @dataclass
@@ -76,12 +89,98 @@ class Workspace:
         gt.update(self.gold.annotations)
         return gt
 
+    # where files live --------------------------------------------------------------------------
+    @cached_property
+    def cache_dir(self) -> Path:
+        """Local cache for remote shards and checkpoints."""
+        from ..storage import CACHE_ENV
+
+        env = os.environ.get(CACHE_ENV)
+        return Path(env) if env else self.cfg.data_dir / "storage_cache"
+
+    def local_file(self, location: str | Path) -> Path:
+        """A local path with the content of ``location``: local paths unchanged, URLs via the cache."""
+        from .. import storage
+
+        if storage.is_local(location):
+            text = os.fspath(location)
+            return storage.local_path(text) if text.startswith("file:") else Path(text)
+        return storage.cached_local(location, self.cache_dir)
+
+    @property
+    def shards_location(self) -> str:
+        """Where stage-3 shards go: ``shards_url`` when set, else the data folder's ``shards/``."""
+        return self.cfg.shards_url or str(self.cfg.shards_dir)
+
+    def shard_manifest(self) -> dict[str, Any]:
+        """The shard manifest (``manifest.json`` merged with per-shard ``manifest.d/`` entries remotely)."""
+        from .. import storage
+
+        return storage.read_manifest(self.shards_location)
+
+    def shard_paths(self) -> list[Path]:
+        """Local files of the shards the manifest lists, by index (remote shards via the cache)."""
+        from .. import storage
+        from ..stage3 import shard_paths
+
+        loc = self.cfg.shards_url
+        if loc is None:
+            return shard_paths(self.cfg.shards_dir)
+        if storage.is_local(loc):
+            return shard_paths(storage.local_path(loc))
+        out = []
+        for name in sorted(self.shard_manifest()["shards"]):
+            url = storage.join(loc, name)
+            if storage.exists(url):
+                out.append(storage.cached_local(url, self.cache_dir))
+        return out
+
+    # device ------------------------------------------------------------------------------------
+    @cached_property
+    def device(self) -> torch.device:
+        """``train.device`` resolved: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
+        from ..device import resolve_device
+
+        try:
+            return resolve_device(self.cfg.train.device)
+        except ValueError as e:
+            raise ValueError(f"config train.device: {e}") from None
+
     # models ------------------------------------------------------------------------------------
+    def checkpoint(self, ref: ModelRef | str | Path) -> Path:
+        """A local checkpoint file for ``ref``: the model store's file, else its published copy (cached)."""
+        if not isinstance(ref, ModelRef):
+            return self.local_file(ref)
+        local = Path(ref.checkpoint)
+        url = ref.data.get(CHECKPOINT_URL)
+        if local.exists() or not url:
+            return local
+        return self.local_file(url)
+
+    def publish_model(self, ref: ModelRef) -> ModelRef:
+        """Upload ``ref``'s checkpoint and metadata to ``models_url/<name>/`` (verified by sha256) and record
+        the URL in the store; a no-op without ``models_url`` or when this version is already published there."""
+        from .. import storage
+
+        if not self.cfg.models_url:
+            return ref
+        url = storage.join(self.cfg.models_url, ref.name, "model.pt")
+        if ref.data.get(CHECKPOINT_URL) == url and storage.exists(url):
+            return ref  # published (and verified) when this version was stored
+        storage.upload(ref.checkpoint, url)
+        got = storage.sha256(url)
+        if got != ref.sha256:
+            raise OSError(f"{url}: uploaded sha256 {got} differs from the model store's {ref.sha256}")
+        ref = self.model_store.update(ref.name, data={**ref.data, CHECKPOINT_URL: url})
+        storage.write_json(storage.join(self.cfg.models_url, ref.name, "meta.json"), ref.to_dict(), indent=2)
+        return ref
+
     def load_model(self, ref: ModelRef | str | Path):
+        """The model of ``ref`` (a ModelRef, a path or a URL) in eval mode on :attr:`device`."""
         from ..model.checkpoint import load_model
 
-        path = ref.checkpoint if isinstance(ref, ModelRef) else ref
-        model = load_model(path)
+        model = load_model(self.checkpoint(ref))
+        model.to(self.device)
         model.eval()
         return model
 

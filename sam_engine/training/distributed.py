@@ -32,27 +32,13 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ..config import EngineConfig
 from ..data.corpus import MaskCorpus
+from ..device import resolve_device  # noqa: F401  (re-exported)
 from ..io import atomic_write_json
 from .datamodule import MaskDataModule
 from .module import SamModule
 
 MODEL_FILE = "model.pt"
 STRATEGIES = ("auto", "single", "ddp", "ddp_spawn", "ddp_fork")
-
-
-def resolve_device(name: str | None = "cpu") -> torch.device:
-    """``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"`` (the first GPU when there is one)."""
-    name = (name or "cpu").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch sees no CUDA device")
-    return device
 
 
 @dataclass(frozen=True)
@@ -96,17 +82,26 @@ class ScaleSettings:
 
 
 def scale_settings(cfg: EngineConfig) -> ScaleSettings:
-    """Training placement for ``cfg``: one CPU process, except the ``scale`` profile (DDP on all GPUs)."""
+    """Training placement for ``cfg``: one CPU process, except the ``scale`` profile (DDP on all GPUs).
+
+    An explicit ``train.device`` sets the accelerator (``cpu`` keeps a ``scale`` run off the GPUs); the
+    ``train.accelerator`` / ``devices`` / ``num_nodes`` / ``strategy`` / ``precision`` fields, when not None,
+    override the result.
+    """
     t = cfg.train
+    device = str(getattr(t, "device", None) or "auto").strip().lower()
     gpus = torch.cuda.device_count()
-    if cfg.profile == "scale" and gpus > 0:
-        base = {"accelerator": "gpu", "devices": gpus, "strategy": "ddp_spawn" if gpus > 1 else "auto"}
+    if cfg.profile == "scale" and gpus > 0 and (device == "auto" or device.startswith("cuda")):
+        base: dict[str, Any] = {
+            "accelerator": "gpu",
+            "devices": gpus,
+            "strategy": "ddp_spawn" if gpus > 1 else "auto",
+        }
         base["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     else:
         base = {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
-    device = getattr(t, "device", "auto")
-    if device not in (None, "", "auto"):
-        base["accelerator"] = "gpu" if str(device).startswith("cuda") else str(device)
+    if device != "auto":
+        base["accelerator"] = "gpu" if device.startswith("cuda") else device
     for key in ("accelerator", "devices", "num_nodes", "strategy", "precision"):
         value = getattr(t, key, None)
         if value is not None:
