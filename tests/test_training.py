@@ -322,7 +322,7 @@ def test_interactive_loss_trains_on_a_fixed_batch(corpus_a):
     batch = next(iter(dm.train_dataloader()))
     opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
     losses = []
-    for _step in range(25):
+    for _step in range(50):  # the default loss (focal alpha 0.75) starts lower and leaves its plateau later
         b_idx, k_idx = batch["valid"].nonzero(as_tuple=True)
         emb = m.encode(batch["image"], batch["size"])
         out = m.interactive_loss(emb[b_idx], batch["masks"][b_idx, k_idx], batch["size"][b_idx], gen(0))
