@@ -494,11 +494,6 @@ def test_the_checkpoint_loader_uses_weights_only() -> None:
     assert "weights_only=True" in source and "weights_only=False" not in source
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sam_engine/training/train.py _step_of() reads a Lightning resume checkpoint with "
-    "torch.load(..., weights_only=False): a planted last.ckpt in the run folder executes arbitrary code",
-)
 def test_no_unsafe_torch_load_anywhere_in_the_library() -> None:
     assert _torch_load_calls() == []
 

@@ -74,7 +74,7 @@ def _export(model: torch.nn.Module, path: Path, metadata: dict[str, Any]) -> Non
 
 def _step_of(ckpt: Path) -> int | None:
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn file from a killed run: start over
         log.warning("cannot read %s (%s); starting from scratch", ckpt, e)
         return None
