@@ -241,6 +241,25 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
+def serve_command(port: int, db_path: Path, images_dir: Path, *, subcommand: bool = False) -> list[str]:
+    """The annotation server's real command line on loopback: random-init tiny model, one pool folder."""
+    return [
+        sys.executable,
+        "-m",
+        "sam_engine.annotation",
+        *(["serve"] if subcommand else []),
+        "--port",
+        str(port),
+        "--db",
+        str(db_path),
+        "--dataset-dir",
+        f"pool={images_dir}",
+        "--random-init",
+        "--log-level",
+        "warning",
+    ]
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     """Poll ``url`` until it answers 200."""
     import httpx

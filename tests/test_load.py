@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pytest
-from annotation_fixtures import free_port, wait_http
+from annotation_fixtures import free_port, serve_command, wait_http
 
 from sam_engine.data import rle as rle_utils
 
@@ -292,21 +291,7 @@ def _failure(result: ExecuteInProcessResult) -> str:
 
 
 def _server_cmd(world: LoadWorld, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sam_engine.annotation",
-        "serve",
-        "--port",
-        str(port),
-        "--db",
-        str(world.db_path),
-        "--dataset-dir",
-        f"pool={world.images_dir}",
-        "--random-init",
-        "--log-level",
-        "warning",
-    ]
+    return serve_command(port, world.db_path, world.images_dir, subcommand=True)
 
 
 def run_load(root: Path) -> LoadRun:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotation_fixtures import World, build_app, free_port, make_world, wait_http
+from annotation_fixtures import World, build_app, free_port, make_world, serve_command, wait_http
 from fastapi.testclient import TestClient
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -453,16 +453,7 @@ def test_acknowledged_masks_survive_server_sigkill(tmp_path: Path) -> None:
     token, task_id = world.tokens["alice"], world.tasks["alice"][0]
     world.store.close()  # the server process is the only writer
     port = free_port()
-    cmd = [
-        sys.executable,
-        str(HERE / "annotation_fixtures.py"),
-        "--db",
-        str(world.db_path),
-        "--images",
-        str(world.images_dir),
-        "--port",
-        str(port),
-    ]
+    cmd = serve_command(port, world.db_path, world.images_dir)
 
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
