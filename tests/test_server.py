@@ -453,7 +453,16 @@ def test_acknowledged_masks_survive_server_sigkill(tmp_path: Path) -> None:
     token, task_id = world.tokens["alice"], world.tasks["alice"][0]
     world.store.close()  # the server process is the only writer
     port = free_port()
-    cmd = serve_command(port, world.db_path, world.images_dir)
+    cmd = [
+        sys.executable,
+        str(HERE / "annotation_fixtures.py"),
+        "--db",
+        str(world.db_path),
+        "--images",
+        str(world.images_dir),
+        "--port",
+        str(port),
+    ]
 
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -541,20 +550,7 @@ def test_cli_serves_the_real_model(tmp_path: Path) -> None:
     token, task_id = world.tokens["alice"], world.tasks["alice"][0]
     world.store.close()
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "sam_engine.annotation",
-        "--port",
-        str(port),
-        "--db",
-        str(world.db_path),
-        "--dataset-dir",
-        f"pool={world.images_dir}",
-        "--random-init",
-        "--log-level",
-        "warning",
-    ]
+    cmd = serve_command(port, world.db_path, world.images_dir)
     proc = subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
