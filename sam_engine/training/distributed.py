@@ -36,6 +36,7 @@ from ..device import resolve_device  # noqa: F401  (re-exported)
 from ..io import atomic_write_json
 from .datamodule import MaskDataModule
 from .module import SamModule
+from .train import _load_start
 
 MODEL_FILE = "model.pt"
 STRATEGIES = ("auto", "single", "ddp", "ddp_spawn", "ddp_fork")
@@ -128,17 +129,6 @@ class DistributedTrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _start(model_name_or_checkpoint: str | Path | dict[str, Any]) -> tuple[Any, dict | None, str]:
-    from ..model import MODEL_CONFIGS, get_config
-
-    if isinstance(model_name_or_checkpoint, dict) or model_name_or_checkpoint in MODEL_CONFIGS:
-        return get_config(model_name_or_checkpoint).to_dict(), None, str(model_name_or_checkpoint)
-    from ..model.checkpoint import load_model
-
-    model = load_model(model_name_or_checkpoint)
-    return model.config.to_dict(), model.state_dict(), str(model_name_or_checkpoint)
-
-
 def train_distributed(
     corpus: MaskCorpus,
     model_name_or_checkpoint: str | Path | dict[str, Any] = "tiny",
@@ -165,7 +155,7 @@ def train_distributed(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
-    model_config, start_state, start_desc = _start(model_name_or_checkpoint)
+    model_config, start_state, start_desc = _load_start(model_name_or_checkpoint)
     module = SamModule(
         model_config=model_config,
         lr=lr,
