@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, AssetOut, MetadataValue, Output, mult
 from jobs.resources import EngineResource
 from sam_engine.data import corpora as corpora_lib
 from sam_engine.data.schemas import images_frame, masks_frame
+from sam_engine.storage import data_cache_dir
 from sam_engine.visualize import corpus_preview_markdown
 
 GROUP = "corpora"
@@ -80,7 +81,9 @@ def corpora(context: AssetExecutionContext, engine: EngineResource):
             pool,
             {
                 "regions": MetadataValue.json(regions),
-                "preview": MetadataValue.md(corpus_preview_markdown(pool, n=6)),
+                "preview": MetadataValue.md(
+                    corpus_preview_markdown(pool, n=6, cache_dir=data_cache_dir(cfg.data_dir))
+                ),
             },
         ),
     )

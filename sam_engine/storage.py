@@ -6,7 +6,9 @@ changes. Local locations keep the library's local behaviour (atomic rename, file
 
 - Reads of remote files go through a local cache (``cached_local``), because PIL, ``torch.load`` and
   tarfile want seekable local files; a cached copy is reused while the remote file's fsspec checksum
-  (size / ETag / mtime) is unchanged.
+  (size / ETag / mtime) is unchanged. The engine's cache is ``data_cache_dir(data_dir)``.
+- Images (``load_image``, ``image_size``) follow ``sam_engine.data.images``' rules; their ``DataError`` names
+  the URL, not the cached copy.
 - Writes are atomic: a local file is renamed into place; an object store PUT is atomic by itself; other
   filesystems get a temporary name and a move.
 - Stage-3 shards on a remote location: the shard is written to a local staging folder exactly as locally
@@ -152,6 +154,12 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sam-engine" / "storage"
 
 
+def data_cache_dir(data_dir: Location) -> Path:
+    """The engine's cache of remote files: ``$SAM_ENGINE_CACHE_DIR`` or ``<data_dir>/storage_cache``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(data_dir) / "storage_cache"
+
+
 def cached_local(location: Location, cache_dir: Location | None = None) -> Path:
     """A local file with the content of ``location``: the path itself when local, else a cached download.
 
@@ -187,12 +195,38 @@ def cached_local(location: Location, cache_dir: Location | None = None) -> Path:
     return target
 
 
+def _image_call(fn, location: Location, max_pixels: int | None, cache_dir: Location | None):
+    """``fn(local file, max_pixels)`` on a local or cached image; a remote image's ``DataError`` names its URL."""
+    from .data.errors import DataError
+    from .data.images import DEFAULT_MAX_PIXELS
+
+    if is_local(location):
+        return fn(local_path(location), max_pixels or DEFAULT_MAX_PIXELS)
+    try:
+        local = cached_local(location, cache_dir)
+    except FileNotFoundError as e:
+        raise DataError(str(location), upath(location).name, "file_name", "image file not found") from e
+    try:
+        return fn(local, max_pixels or DEFAULT_MAX_PIXELS)
+    except DataError as e:
+        message = e.message.replace(str(local), str(location))
+        raise DataError(str(location), e.record, e.field, message) from e
+
+
 def load_image(location: Location, max_pixels: int | None = None, cache_dir: Location | None = None):
     """HxWx3 uint8 RGB pixels of a local or remote image (``sam_engine.data.images.load_image`` rules)."""
-    from .data.images import DEFAULT_MAX_PIXELS
     from .data.images import load_image as _load
 
-    return _load(cached_local(location, cache_dir), max_pixels or DEFAULT_MAX_PIXELS)
+    return _image_call(_load, location, max_pixels, cache_dir)
+
+
+def image_size(
+    location: Location, max_pixels: int | None = None, cache_dir: Location | None = None
+) -> tuple[int, int]:
+    """(width, height) of a local or remote image (``sam_engine.data.images.image_size`` rules)."""
+    from .data.images import image_size as _size
+
+    return _image_call(_size, location, max_pixels, cache_dir)
 
 
 def load_model(location: Location, cache_dir: Location | None = None):

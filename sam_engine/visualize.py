@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 import numpy as np
 from PIL import Image
@@ -78,16 +79,26 @@ def markdown_image(image: np.ndarray, title: str = "") -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png_bytes(image)).decode('ascii')})"
 
 
-def corpus_preview(corpus: MaskCorpus, n: int = 6, cols: int = 3) -> np.ndarray:
-    """A grid of the first ``n`` images with their masks overlaid."""
+def corpus_preview(
+    corpus: MaskCorpus, n: int = 6, cols: int = 3, cache_dir: str | os.PathLike | None = None
+) -> np.ndarray:
+    """A grid of the first ``n`` images with their masks overlaid (remote images through the ``cache_dir``
+    cache of ``sam_engine.storage``)."""
     tiles = []
     for im in corpus.images[:n]:
-        arr = load_image(im.path)
+        if isinstance(im.path, os.PathLike):
+            arr = load_image(im.path)
+        else:
+            from . import storage
+
+            arr = storage.load_image(im.path, cache_dir=cache_dir)
         anns = corpus.masks_for(im.image_id)
         masks = [rle_utils.decode(a["segmentation"]) for a in anns]
         tiles.append(overlay(arr, masks) if masks else arr)
     return grid(tiles, cols=cols)
 
 
-def corpus_preview_markdown(corpus: MaskCorpus, n: int = 6) -> str:
-    return markdown_image(corpus_preview(corpus, n), "preview")
+def corpus_preview_markdown(
+    corpus: MaskCorpus, n: int = 6, cache_dir: str | os.PathLike | None = None
+) -> str:
+    return markdown_image(corpus_preview(corpus, n, cache_dir=cache_dir), "preview")

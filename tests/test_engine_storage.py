@@ -1,7 +1,8 @@
 """The engine wired to sam_engine.storage, devices and scale settings (issue #7).
 
 Stage-3 shards through ``shards_url`` (``memory://`` here, ``s3://`` / ``gs://`` in production), checkpoints
-through ``models_url``, ``train.device`` resolution, and ``train_version`` choosing DDP from the settings.
+through ``models_url``, target-pool images through ``corpus.pool_images_dir`` (+ ``pool_gt_json``) as a URL,
+``train.device`` resolution, and ``train_version`` choosing DDP from the settings.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import uuid
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sam_engine import storage
 from sam_engine.config import load_config
@@ -121,6 +124,146 @@ def test_shards_url_from_env_overrides(monkeypatch, tmp_path):
     assert not scale_settings(default).distributed
     with pytest.raises(ValueError, match="strategy"):
         load_config("smoke", {"data_dir": str(tmp_path), "train": {"strategy": "horovod"}})
+
+
+# --------------------------------------------------------------------------------------------- pool images
+def _png(h: int, w: int, seed: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# relative name -> (height, width): two regions (first-level sub-folders), one image without a region
+POOL_FILES = {
+    "forest/a.png": (24, 32),
+    "forest/deep/b.png": (20, 16),
+    "lake/c.png": (30, 18),
+    "d.png": (12, 40),
+}
+
+
+def _pool_cfg(smoke_cfg, data_dir: Path, pool: str, gt: str | None = None):
+    cfg = _cfg(smoke_cfg, data_dir)
+    corpus = cfg.corpus.model_copy(update={"pool_images_dir": pool, "pool_gt_json": gt})
+    return cfg.model_copy(update={"corpus": corpus})
+
+
+def _write_pool(local: Path, url: str, files: dict[str, bytes]) -> None:
+    """The same image bytes in a local folder and under a URL."""
+    for rel, data in files.items():
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+        storage.write_bytes(f"{url}/{rel}", data)
+
+
+def test_pool_images_from_url_match_the_local_folder(smoke_cfg, smoke_corpora, tmp_path, mem):
+    from sam_engine.annotation.service import ImageResolver
+    from sam_engine.data import rle as rle_utils
+    from sam_engine.data.coco import write_coco
+    from sam_engine.data.corpora import load_pool, load_pool_ground_truth
+    from sam_engine.engine.human_stage import register_images
+    from sam_engine.quality.store import QualityStore
+
+    files = {rel: _png(h, w, k) for k, (rel, (h, w)) in enumerate(POOL_FILES.items())}
+    files["lake/notes.txt"] = b"not an image"  # skipped by suffix, as locally
+    _write_pool(tmp_path / "pool", f"{mem}/pool", files)
+    # Ground truth (one box per image), matched to the pool by file name, next to the images.
+    gt_images = [
+        {"id": k + 1, "file_name": rel, "width": w, "height": h}
+        for k, (rel, (h, w)) in enumerate(POOL_FILES.items())
+    ]
+    anns = []
+    for im in gt_images:
+        mask = np.zeros((im["height"], im["width"]), dtype=bool)
+        mask[2:8, 3:9] = True
+        anns.append(
+            {"id": im["id"], "image_id": im["id"], "segmentation": rle_utils.encode(mask), "iscrowd": 0}
+        )
+    write_coco(tmp_path / "gt.json", gt_images, anns)
+    storage.upload(tmp_path / "gt.json", f"{mem}/gt.json")
+
+    local_ws = Workspace(
+        _pool_cfg(smoke_cfg, tmp_path / "a", str(tmp_path / "pool"), str(tmp_path / "gt.json"))
+    )
+    remote_ws = Workspace(_pool_cfg(smoke_cfg, tmp_path / "b", f"{mem}/pool", f"{mem}/gt.json"))
+    local, remote = load_pool(local_ws.cfg), load_pool(remote_ws.cfg)
+
+    def rows(corpus):
+        return [(im.image_id, im.width, im.height, im.file_name, im.region) for im in corpus.images]
+
+    assert len(local.quarantine) == len(remote.quarantine) == 0, remote.quarantine.summary()
+    assert rows(remote) == rows(local) and len(remote.images) == len(POOL_FILES)
+    assert {im.file_name: (im.height, im.width) for im in remote.images} == POOL_FILES
+    assert {im.file_name: im.region for im in remote.images} == {
+        "forest/a.png": "forest",
+        "forest/deep/b.png": "forest",
+        "lake/c.png": "lake",
+        "d.png": None,
+    }
+    assert [im.path for im in remote.images] == [f"{mem}/pool/{im.file_name}" for im in remote.images]
+    assert remote.source == f"{mem}/pool"
+    assert all(isinstance(im.path, Path) for im in local.images)  # local records stay local paths
+
+    # The engine's image loading path: same pixels; remote ones cached under the data folder.
+    for im in local.images:
+        got = remote_ws.load(im.image_id)
+        assert got.dtype == np.uint8 and np.array_equal(got, local_ws.load(im.image_id))
+        cached = remote_ws.localize(remote_ws.record(im.image_id)).path
+        assert cached.is_relative_to(remote_ws.cache_dir) and cached.read_bytes() == im.path.read_bytes()
+        assert local_ws.localize(local_ws.record(im.image_id)).path == im.path
+    assert remote_ws.cache_dir == remote_ws.cfg.data_dir / "storage_cache"
+
+    # Optional COCO ground truth at a URL, attached by file name exactly as locally.
+    gt_local, gt_remote = load_pool_ground_truth(local_ws.cfg), load_pool_ground_truth(remote_ws.cfg)
+    assert len(gt_remote.quarantine) == 0, gt_remote.quarantine.summary()
+    assert gt_remote.annotations == gt_local.annotations and gt_remote.num_masks == len(POOL_FILES)
+
+    # The annotation server's resolver serves a remote dataset folder from the cache.
+    with QualityStore(tmp_path / "q.duckdb") as store:
+        register_images(store, remote.images, "stage1", "pool")
+        resolver = ImageResolver(store, {"pool": f"{mem}/pool"}, cache_dir=tmp_path / "server_cache")
+        for im in local.images:
+            assert np.array_equal(resolver.load(im.image_id), local_ws.load(im.image_id))
+            assert resolver.path(im.image_id).is_relative_to(tmp_path / "server_cache")
+
+
+def test_corrupt_remote_pool_image_is_quarantined(smoke_cfg, tmp_path, mem):
+    from sam_engine.data.corpora import load_pool, load_pool_ground_truth
+    from sam_engine.data.errors import DataError
+
+    good = _png(16, 20, 0)
+    for name, data in (("forest/good.png", good), ("forest/broken.png", b"\x89PNG\r\n\x1a\n broken")):
+        storage.write_bytes(f"{mem}/pool/{name}", data)
+    gt = {
+        "images": [
+            {"id": 1, "file_name": "forest/good.png", "width": 20, "height": 16},
+            {"id": 2, "file_name": "forest/missing.png", "width": 20, "height": 16},
+        ],
+        "annotations": [],
+        "categories": [],
+    }
+    storage.write_json(f"{mem}/gt.json", gt)
+    cfg = _pool_cfg(smoke_cfg, tmp_path, f"{mem}/pool", f"{mem}/gt.json")
+    for verify in (False, True):
+        pool = load_pool(cfg, verify_images=verify)
+        assert [im.file_name for im in pool.images] == ["forest/good.png"]  # the valid record is kept
+        [err] = pool.quarantine.errors
+        url = f"{mem}/pool/forest/broken.png"
+        assert (err.file, err.record, err.field) == (url, "broken.png", "image")
+        assert str(err).startswith(f"{url}: record 'broken.png': field 'image': ")
+        assert str(cfg.data_dir) not in str(err)  # named by its URL, not by the cached copy
+        assert pool.quarantine.as_records()[0]["file"] == url
+
+    # A ground-truth record whose image is missing at the URL is quarantined, the rest attached.
+    gt_corpus = load_pool_ground_truth(cfg)
+    missing = [e for e in gt_corpus.quarantine.errors if e.record == "image 2"]
+    assert [(e.file, e.field) for e in missing] == [(f"{mem}/pool/forest/missing.png", "file_name")]
+    assert [im.file_name for im in gt_corpus.images] == ["forest/good.png"]
+
+    with pytest.raises(DataError, match="folder"):
+        load_pool(_pool_cfg(smoke_cfg, tmp_path / "other", f"{mem}/no-such-pool"))
 
 
 # --------------------------------------------------------------------------------------------- device

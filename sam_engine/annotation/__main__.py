@@ -25,15 +25,22 @@ from pathlib import Path
 DEFAULT_IMAGE_DIRS = ("corpora/target_pool/images", "corpora/gold/images", "corpora/public/images")
 
 
-def _dataset_dirs(values: list[str] | None, data_dir: Path) -> dict[str, Path] | list[Path]:
+def _folder(value: str) -> Path | str:
+    """A local folder as a Path; an fsspec URL (``s3://bucket/pool``) stays a string."""
+    from sam_engine import storage
+
+    return Path(value) if storage.is_local(value) else value
+
+
+def _dataset_dirs(values: list[str] | None, data_dir: Path) -> dict[str, Path | str] | list[Path | str]:
     if not values:
         return [data_dir / d for d in DEFAULT_IMAGE_DIRS]
-    named = [v for v in values if "=" in v]
+    named = [v for v in values if "=" in v and "://" not in v.split("=", 1)[0]]
     if named and len(named) != len(values):
         raise SystemExit("--dataset-dir: give either all as SOURCE=PATH or all as PATH")
     if named:
-        return {k: Path(p) for k, p in (v.split("=", 1) for v in values)}
-    return [Path(v) for v in values]
+        return {k: _folder(p) for k, p in (v.split("=", 1) for v in values)}
+    return [_folder(v) for v in values]
 
 
 def load_predictor(checkpoint: Path | None, model: str, random_init: bool, seed: int = 0) -> object:
@@ -59,6 +66,7 @@ def load_predictor(checkpoint: Path | None, model: str, random_init: bool, seed:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from sam_engine import storage
     from sam_engine.quality.store import QualityStore
 
     from .server import create_app, run
@@ -76,12 +84,15 @@ def _serve(args: argparse.Namespace) -> None:
         max_hold_s=args.max_hold_s if args.max_hold_s > 0 else None,
     )
     dirs = _dataset_dirs(args.dataset_dir, data_dir)
+    cache_dir = storage.data_cache_dir(data_dir)  # local copies of images in remote dataset folders
     predictor = load_predictor(args.checkpoint, args.model, args.random_init, args.seed)
-    service = SegmentationService(predictor, ImageResolver(store, dirs).load, cache_size=args.cache_size)
+    resolver = ImageResolver(store, dirs, cache_dir=cache_dir)
+    service = SegmentationService(predictor, resolver.load, cache_size=args.cache_size)
     app = create_app(
         store,
         service,
         dirs,
+        image_cache_dir=cache_dir,
         rate_limit=(args.rate, args.burst),
         cors_origins=args.allow_origin or (),
     )

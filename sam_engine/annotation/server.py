@@ -307,14 +307,17 @@ def create_app(
     cors_origins: Sequence[str] = (),
     ws_origins: Sequence[str] = (),
     prefetch_ahead: int = 3,
+    image_cache_dir: str | Path | None = None,
 ) -> FastAPI:
     """Build the annotation app on an open store and segmentation service.
 
     ``rate_limit``: (messages per second, burst) per WebSocket connection. ``cors_origins``: origins allowed to
     call the HTTP API from another site (none by default). ``ws_origins``: extra browser origins allowed to open
-    the WebSocket besides the page's own.
+    the WebSocket besides the page's own. ``image_cache_dir``: where images of remote dataset folders (fsspec
+    URLs) are cached (see :class:`~sam_engine.annotation.service.ImageResolver`).
     """
-    api = AnnotationService(store, service, ImageResolver(store, dataset_dirs), prefetch_ahead=prefetch_ahead)
+    resolver = ImageResolver(store, dataset_dirs, cache_dir=image_cache_dir)
+    api = AnnotationService(store, service, resolver, prefetch_ahead=prefetch_ahead)
     app = FastAPI(title="sam-engine annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
     app.state.store = store

@@ -16,7 +16,7 @@ import pandas as pd
 
 from sam_engine.data import rle as rle_utils
 from sam_engine.data.errors import DataError
-from sam_engine.data.images import DEFAULT_MAX_PIXELS, load_image, safe_join
+from sam_engine.data.images import DEFAULT_MAX_PIXELS, load_image, safe_join, safe_join_url
 from sam_engine.quality.store import QualityStore
 
 from . import export, history
@@ -27,11 +27,22 @@ from .session import AnnotationSession, SegmentationService
 ANNOTATION_KINDS = ("annotate", "honeypot", "complete")
 
 
+def _root(folder: str | Path) -> Path | str:
+    """A dataset folder: a resolved local ``Path``, or a remote folder's URL."""
+    from sam_engine import storage
+
+    if storage.is_local(folder):
+        return storage.local_path(folder).resolve()
+    return str(storage.upath(folder))
+
+
 class ImageResolver:
     """Maps an image id to its file inside the configured dataset folders, refusing anything outside them.
 
     ``dataset_dirs`` is either a mapping ``source -> folder`` (the image's ``source`` column picks the folder;
-    key ``"*"`` is the fallback) or a list of folders searched in order.
+    key ``"*"`` is the fallback) or a list of folders searched in order. A folder may be an fsspec URL (a remote
+    pool, ``s3://bucket/pool``): its images are served from local copies in ``cache_dir``
+    (``sam_engine.storage``'s cache; ``storage.default_cache_dir()`` when None).
 
     An image's store row (file name, source, width, height) and its resolved file are cached after the first
     lookup (up to ``max_cached`` images, least recently used out): they do not change while it is served, and a
@@ -45,16 +56,18 @@ class ImageResolver:
         dataset_dirs: Mapping[str, str | Path] | Sequence[str | Path],
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_cached: int = 65536,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.store = store
         self.max_pixels = max_pixels
         self.max_cached = max_cached
+        self.cache_dir = cache_dir
         if isinstance(dataset_dirs, Mapping):
-            self.by_source: dict[str, Path] | None = {k: Path(v).resolve() for k, v in dataset_dirs.items()}
+            self.by_source: dict[str, Path | str] | None = {k: _root(v) for k, v in dataset_dirs.items()}
             self.roots = list(self.by_source.values())
         else:
             self.by_source = None
-            self.roots = [Path(d).resolve() for d in dataset_dirs]
+            self.roots = [_root(d) for d in dataset_dirs]
         if not self.roots:
             raise ValueError("at least one dataset folder must be configured")
         self._cache_lock = threading.Lock()
@@ -106,7 +119,12 @@ class ImageResolver:
             roots = self.roots
         for root in roots:
             try:
-                candidate = safe_join(root, row["file_name"])
+                if isinstance(root, str):  # a remote folder: the image's cached copy
+                    candidate = self._cached(safe_join_url(root, row["file_name"]))
+                    if candidate is None:
+                        continue
+                else:
+                    candidate = safe_join(root, row["file_name"])
             except DataError as exc:
                 raise Forbidden(f"image {image_id}: {exc.message}") from None
             if candidate.is_file():
@@ -115,6 +133,14 @@ class ImageResolver:
                         self._paths[image_id] = candidate
                 return candidate
         raise NotFound(f"image {image_id}: file {row['file_name']!r} not found in the dataset folders")
+
+    def _cached(self, url: str) -> Path | None:
+        from sam_engine import storage
+
+        try:
+            return storage.cached_local(url, self.cache_dir)
+        except FileNotFoundError:
+            return None
 
     def load(self, image_id: int) -> np.ndarray:
         """Decoded HxWx3 uint8 image; its size must match the store's record."""

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import storage
 from ..io import atomic_write_json
 from . import rle as rle_utils
 from .corpus import ImageRecord, MaskCorpus
 from .errors import DataError, Quarantine
-from .images import DEFAULT_MAX_PIXELS, image_size, load_image, safe_join
+from .images import DEFAULT_MAX_PIXELS, image_size, load_image, safe_join, safe_join_url
 
 CATEGORIES = [{"id": 1, "name": "object", "supercategory": "object"}]
 
@@ -52,7 +53,13 @@ def _is_num(v: Any) -> bool:
 
 
 def _check_image(
-    file: str, rec: Any, idx: int, images_dir: Path, max_pixels: int, verify: bool
+    file: str,
+    rec: Any,
+    idx: int,
+    images_dir: Path | str,
+    max_pixels: int,
+    verify: bool,
+    cache_dir: str | Path | None = None,
 ) -> ImageRecord:
     if not isinstance(rec, dict):
         raise DataError(file, f"images[{idx}]", "images", f"expected an object, got {type(rec).__name__}")
@@ -68,14 +75,22 @@ def _check_image(
     for key in ("width", "height"):
         if not _is_int(rec[key]) or rec[key] <= 0:
             raise DataError(file, where, key, f"expected a positive integer, got {rec[key]!r}")
+    remote = isinstance(images_dir, str)  # a URL (local folders are Paths here)
     try:
-        path = safe_join(images_dir, rec["file_name"])
+        path = (
+            safe_join_url(images_dir, rec["file_name"]) if remote else safe_join(images_dir, rec["file_name"])
+        )
     except DataError as e:
         raise DataError(file, where, "file_name", e.message) from e
     try:
-        w, h = image_size(path, max_pixels)
-        if verify:
-            load_image(path, max_pixels)
+        if remote:
+            w, h = storage.image_size(path, max_pixels, cache_dir)
+            if verify:
+                storage.load_image(path, max_pixels, cache_dir)
+        else:
+            w, h = image_size(path, max_pixels)
+            if verify:
+                load_image(path, max_pixels)
     except DataError as e:
         raise DataError(path, where, e.field, e.message) from e
     if (w, h) != (rec["width"], rec["height"]):
@@ -246,19 +261,27 @@ def load_coco(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     verify_images: bool = True,
     quarantine: Quarantine | None = None,
+    cache_dir: str | Path | None = None,
 ) -> MaskCorpus:
     """Read a COCO instances file with validation.
 
     Valid records are returned in a :class:`MaskCorpus`; every bad record goes to ``corpus.quarantine`` with
     a :class:`DataError` naming the file, the record and the field. A file that is not JSON, or whose top
     level lacks ``images`` / ``annotations`` lists, raises :class:`DataError` (nothing in it can be trusted).
+
+    ``annotations_json`` and ``images_dir`` may be fsspec URLs: remote images are checked through the local
+    cache ``cache_dir`` (``storage.default_cache_dir()`` when None) and their records' ``path`` is the URL.
     """
-    path = Path(annotations_json)
-    images_dir = Path(images_dir)
-    file = str(path)
+    remote_json = not storage.is_local(annotations_json)
+    file = str(storage.upath(annotations_json)) if remote_json else str(storage.local_path(annotations_json))
+    if storage.is_local(images_dir):
+        images_dir = storage.local_path(images_dir)
+    else:
+        images_dir = str(storage.upath(images_dir))
     q = quarantine if quarantine is not None else Quarantine()
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = storage.read_bytes(annotations_json) if remote_json else Path(file).read_bytes()
+        doc = json.loads(raw.decode("utf-8"))
     except FileNotFoundError as e:
         raise DataError(file, None, "file", "annotation file not found") from e
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
@@ -279,7 +302,7 @@ def load_coco(
             q.add(DataError(file, f"image {rid}", "id", "duplicate image id (first occurrence kept)"))
             continue
         try:
-            image = _check_image(file, rec, idx, images_dir, max_pixels, verify_images)
+            image = _check_image(file, rec, idx, images_dir, max_pixels, verify_images, cache_dir)
         except DataError as e:
             q.add(e)
             if _is_int(rid):
@@ -315,7 +338,7 @@ def corpus_to_coco(corpus: MaskCorpus) -> dict:
     for im in corpus.images:
         rec = {
             "id": im.image_id,
-            "file_name": im.file_name or im.path.name,
+            "file_name": im.file_name or storage.upath(im.path).name,
             "width": im.width,
             "height": im.height,
         }

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import storage
 from ..config import CorpusConfig, EngineConfig
 from ..io import atomic_write_json
 from .coco import load_coco, write_coco
@@ -240,10 +241,19 @@ def load_public(cfg: EngineConfig, split: str = "train", verify_images: bool = F
 
 
 def load_pool(cfg: EngineConfig, verify_images: bool = False) -> MaskCorpus:
-    """The target pool's images (no masks): a user's image folder when configured, else the generated pool."""
+    """The target pool's images (no masks): a user's image folder when configured, else the generated pool.
+
+    ``corpus.pool_images_dir`` may be an fsspec URL (``s3://``, ``gs://``...): its images are read through the
+    engine's cache (``storage.data_cache_dir(data_dir)``) and their records' ``path`` is the URL.
+    """
     c = cfg.corpus
     if c.pool_images_dir:
-        return load_image_folder(c.pool_images_dir, max_pixels=c.max_pixels, verify_images=verify_images)
+        return load_image_folder(
+            c.pool_images_dir,
+            max_pixels=c.max_pixels,
+            verify_images=verify_images,
+            cache_dir=storage.data_cache_dir(cfg.data_dir),
+        )
     return load_coco(
         cfg.corpora_dir / POOL / "images.json",
         cfg.corpora_dir / POOL / "images",
@@ -258,7 +268,13 @@ def load_pool_ground_truth(cfg: EngineConfig) -> MaskCorpus | None:
     if c.pool_images_dir:
         if not c.pool_gt_json:
             return None
-        gt = load_coco(c.pool_gt_json, c.pool_images_dir, max_pixels=c.max_pixels, verify_images=False)
+        gt = load_coco(
+            c.pool_gt_json,
+            c.pool_images_dir,
+            max_pixels=c.max_pixels,
+            verify_images=False,
+            cache_dir=storage.data_cache_dir(cfg.data_dir),
+        )
         return attach_ground_truth(load_pool(cfg), gt)
     return load_coco(
         cfg.corpora_dir / POOL_GT / "annotations.json",

@@ -10,10 +10,12 @@ from .errors import Quarantine
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of a corpus. ``path`` is absolute; ``region`` is the target pool's region label."""
+    """One image of a corpus. ``path`` is an absolute local ``Path``, or the image's URL (a ``str``) when the
+    pool is a remote folder (read it through ``sam_engine.storage``); ``region`` is the target pool's region
+    label."""
 
     image_id: int
-    path: Path
+    path: Path | str
     width: int
     height: int
     file_name: str = ""

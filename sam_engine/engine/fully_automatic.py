@@ -40,6 +40,7 @@ def write_engine_shard(
     sam = ws.load_model(model)
     params, per_call = stage3_amg(ws)
     seed = ws.cfg.seed
+    images = [ws.localize(r) for r in images]  # a remote pool's images through the workspace cache
     if ws.cfg.shards_url is None:
         r = write_shard(index, images, sam, params, ws.cfg.shards_dir, seed=seed, images_per_call=per_call)
         return {

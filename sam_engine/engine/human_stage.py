@@ -153,7 +153,7 @@ def stage_masks_frame(store, stage: int, gold_ids: set[int]) -> pd.DataFrame:
 
 
 def masks_corpus(ws: Workspace, frames: list[pd.DataFrame]) -> MaskCorpus:
-    """A training corpus from store masks (image records from the pool)."""
+    """A training corpus from store masks (image records from the pool; remote images as cached files)."""
     anns: dict[int, list[dict]] = {}
     for df in frames:
         for row in df.itertuples(index=False):
@@ -168,7 +168,7 @@ def masks_corpus(ws: Workspace, frames: list[pd.DataFrame]) -> MaskCorpus:
                     "iscrowd": 0,
                 }
             )
-    images = [ws.record(i) for i in sorted(anns)]
+    images = [ws.localize(ws.record(i)) for i in sorted(anns)]
     return MaskCorpus(images=images, annotations=anns, source=f"{ws.cfg.duckdb_path}")
 
 

@@ -2,14 +2,14 @@
 
 Also where things are and run: the device of predictors and the automatic mask generator (``train.device``,
 resolved once), the shard location (``shards_url``, else the data folder's ``shards/``) and published model
-checkpoints (``models_url``). Remote files are read through a local cache (``storage_cache/`` in the data
-folder, or ``$SAM_ENGINE_CACHE_DIR``).
+checkpoints (``models_url``). Remote files (a remote ``corpus.pool_images_dir``'s images too) are read
+through a local cache (``storage_cache/`` in the data folder, or ``$SAM_ENGINE_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import EngineConfig
 from ..data import corpora
-from ..data.corpus import MaskCorpus
+from ..data.corpus import ImageRecord, MaskCorpus
 from ..data.images import load_image
 from ..model_store import ModelRef, ModelStore
 from ..tracking import TrackingSettings
@@ -78,8 +78,20 @@ class Workspace:
         return self._records[int(image_id)]
 
     def load(self, image_id: int) -> np.ndarray:
-        """Pixels of a pool or gold image."""
-        return load_image(self.record(image_id).path, self.cfg.corpus.max_pixels)
+        """Pixels of a pool or gold image (a remote pool's image through the cache)."""
+        path = self.record(image_id).path
+        if isinstance(path, os.PathLike):  # local files are read in place
+            return load_image(path, self.cfg.corpus.max_pixels)
+        from .. import storage
+
+        return storage.load_image(path, self.cfg.corpus.max_pixels, self.cache_dir)
+
+    def localize(self, record: ImageRecord) -> ImageRecord:
+        """``record`` with a local ``path`` (a remote image's cached copy), for readers that open the file
+        themselves (training data, the shard writer)."""
+        if isinstance(record.path, os.PathLike):
+            return record
+        return replace(record, path=self.local_file(record.path))
 
     def ground_truth(self) -> dict[int, list[dict]]:
         """Hidden ground truth of pool and gold images, for simulated annotators and evaluation only."""
@@ -92,11 +104,10 @@ class Workspace:
     # where files live --------------------------------------------------------------------------
     @cached_property
     def cache_dir(self) -> Path:
-        """Local cache for remote shards and checkpoints."""
-        from ..storage import CACHE_ENV
+        """Local cache for remote pool images, shards and checkpoints."""
+        from ..storage import data_cache_dir
 
-        env = os.environ.get(CACHE_ENV)
-        return Path(env) if env else self.cfg.data_dir / "storage_cache"
+        return data_cache_dir(self.cfg.data_dir)
 
     def local_file(self, location: str | Path) -> Path:
         """A local path with the content of ``location``: local paths unchanged, URLs via the cache."""
