@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from sam_engine.model import MODEL_CONFIGS, SamConfig, build_sam, get_config
+from sam_engine.model.hybrid_encoder import packed_channels, split_high_res
 from sam_engine.model.image_encoder import (
     Attention,
+    ImageEncoderViT,
     decomposed_rel_pos_bias,
     window_partition,
     window_unpartition,
@@ -146,10 +148,15 @@ def test_attention_matches_explicit_softmax():
         assert not torch.allclose(attn(x), attn.proj(out), atol=1e-4)
 
 
-def test_forward_trains_every_parameter():
-    model = build_sam(SMALL, seed=1).train()
+@pytest.mark.parametrize("encoder_type", ["vit", "hybrid"])
+def test_forward_trains_every_parameter(encoder_type):
+    cfg = SMALL_HYBRID if encoder_type == "hybrid" else SMALL
+    model = build_sam(cfg, seed=1).train()
+    if encoder_type == "hybrid":  # zero-initialised projections pass no gradient to the branch until a step
+        for proj in model.image_encoder.detail_proj:
+            torch.nn.init.normal_(proj.weight, std=0.1)
     s = SMALL.img_size
-    lr = SMALL.low_res_size
+    lr = cfg.low_res_size
     batch = [
         {
             "image": torch.rand(3, s, s - 20) * 255,
@@ -225,3 +232,79 @@ def test_preprocess_and_postprocess(tiny):
     up = tiny.postprocess_masks(low, (100, 256), (50, 128))
     assert up.shape == (1, 1, 50, 128)
     assert (up > 0).float().mean() > 0.95
+
+
+SMALL_HYBRID = dataclasses.replace(SMALL, encoder_type="hybrid", stem_chans=(8, 8, 16), mask_scale=8)
+
+
+@pytest.mark.parametrize("mask_scale", [4, 8])
+def test_hybrid_embedding_packs_detail_features(mask_scale):
+    cfg = dataclasses.replace(SMALL_HYBRID, mask_scale=mask_scale)
+    model = build_sam(cfg, seed=0).eval()
+    for proj in model.image_encoder.detail_proj:  # non-zero, so the packing is checked on real values
+        torch.nn.init.normal_(proj.weight)
+    c, g = cfg.out_chans, cfg.embedding_size
+    x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        emb = model.image_encoder(x)
+        assert emb.shape == (2, packed_channels(c, mask_scale), g, g)
+        base, feats = split_high_res(emb, c)
+        assert base.shape == (2, c, g, g)
+        assert [f.shape[1:] for f in feats] == [
+            (c // 4, 2 * g, 2 * g),
+            (c // 8, 4 * g, 4 * g),
+            (c // 8, 8 * g, 8 * g),
+        ][: 2 if mask_scale == 4 else 3]
+        # the packing is exactly the inverse of the decoder's unpacking
+        enc = model.image_encoder
+        s2 = enc.detail[0](x)
+        s4 = enc.detail[1](s2)
+        torch.testing.assert_close(feats[0], enc.detail_proj[0](enc.detail[2](s4)))
+        torch.testing.assert_close(feats[1], enc.detail_proj[1](s4))
+        if mask_scale == 8:
+            torch.testing.assert_close(feats[2], enc.detail_proj[2](s2))
+        # the ViT path is untouched: the first channels are the plain ViT encoder's embedding
+        torch.testing.assert_close(base, ImageEncoderViT.forward(enc, x))
+        assert split_high_res(base, c) == (base, [])  # a plain embedding passes through
+        with pytest.raises(ValueError, match="channels"):
+            split_high_res(emb[:, : 2 * c], c)
+
+
+def test_hybrid_decoder_predicts_8x_masks_from_detail_features():
+    model = build_sam(SMALL_HYBRID, seed=0).eval()
+    c, g = SMALL_HYBRID.out_chans, SMALL_HYBRID.embedding_size
+    assert SMALL_HYBRID.low_res_size == 8 * g == model.prompt_encoder.mask_input_size[0]
+    emb = torch.randn(1, packed_channels(c, 8), g, g)
+    coords = torch.rand(3, 1, 2) * SMALL_HYBRID.img_size
+    labels = torch.ones(3, 1, dtype=torch.long)
+    with torch.no_grad():
+        shared, _ = model.decode(emb, coords, labels)
+        per_prompt, _ = model.decode(emb.expand(3, -1, -1, -1).contiguous(), coords, labels)
+        torch.testing.assert_close(shared, per_prompt)  # batch-1 features broadcast to every prompt
+        changed = emb.clone()
+        changed[:, -(c // 8) * 64 :] += 1.0  # only the stride-2 features
+        other, _ = model.decode(changed, coords, labels)
+        # 8x logits fed back as the mask input (pooled to the mask encoder's 4x grid)
+        again, _ = model.decode(emb, coords, labels, mask_input=shared[:, :1])
+        with pytest.raises(ValueError, match="detail feature"):
+            model.decode(emb[:, :c], coords, labels)  # a plain embedding cannot make 8x masks
+    assert shared.shape == (3, 3, 8 * g, 8 * g) and again.shape == shared.shape
+    assert not torch.allclose(shared, other)
+    with pytest.raises(ValueError, match="mask_scale"):
+        dataclasses.replace(SMALL, mask_scale=8)  # 8x masks need the hybrid encoder
+
+
+def test_hybrid_starts_as_the_vit_and_round_trips(tmp_path):
+    from sam_engine.model.checkpoint import load_model, save_checkpoint
+
+    model = build_sam(SMALL_HYBRID, seed=2).eval()
+    enc = model.image_encoder
+    assert all(not p.weight.any() for p in enc.detail_proj)  # zero-initialised projections
+    save_checkpoint(model, tmp_path / "h.pt")
+    loaded = load_model(tmp_path / "h.pt").eval()
+    assert loaded.config == SMALL_HYBRID
+    x = torch.randn(1, 3, SMALL_HYBRID.img_size, SMALL_HYBRID.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_encoder(x), enc(x))
+    with pytest.raises(ValueError, match="encoder_type"):
+        dataclasses.replace(SMALL, encoder_type="resnet")

@@ -246,6 +246,15 @@ MICRO = {
     "decoder_num_heads": 2,
     "iou_head_hidden_dim": 32,
 }
+# the hybrid encoder's detail branch and 8x masks (patch 16: a 4x4 embedding, 32x32 masks)
+MICRO_HYBRID = {
+    **MICRO,
+    "patch_size": 16,
+    "encoder_window_size": 2,
+    "encoder_type": "hybrid",
+    "stem_chans": [8, 8, 16],
+    "mask_scale": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -311,12 +320,13 @@ def test_lr_schedule_warmup_and_step_decay():
     )
 
 
-def test_interactive_loss_trains_on_a_fixed_batch(corpus_a):
+@pytest.mark.parametrize("config", [MICRO, MICRO_HYBRID], ids=["vit", "hybrid_8x"])
+def test_interactive_loss_trains_on_a_fixed_batch(corpus_a, config):
     from sam_engine.training.datamodule import MaskDataModule
     from sam_engine.training.module import SamModule
 
     torch.manual_seed(0)
-    m = SamModule(MICRO, schedule={"point_rounds": 1, "mask_only_rounds": 1})
+    m = SamModule(config, schedule={"point_rounds": 1, "mask_only_rounds": 1})
     dm = MaskDataModule(corpus_a, 64, batch_size=8, masks_per_image=3, val_fraction=0)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))

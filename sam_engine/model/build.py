@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sam_engine.model.hybrid_encoder import ImageEncoderHybrid
 from sam_engine.model.image_encoder import ImageEncoderViT
 from sam_engine.model.mask_decoder import MaskDecoder
 from sam_engine.model.prompt_encoder import PromptEncoder
@@ -23,6 +24,11 @@ class SamConfig:
 
     img_size: int = 1024
     patch_size: int = 16
+    # "vit": SAM's ViT (official names); "hybrid": the ViT plus a conv detail branch whose stride-2/4/8
+    # features sharpen the decoder's masks (sam_engine/model/hybrid_encoder.py)
+    encoder_type: str = "vit"
+    stem_chans: tuple[int, int, int] = (16, 32, 64)  # hybrid only: detail branch widths at strides 2, 4, 8
+    mask_scale: int = 4  # low-res masks = mask_scale x the embedding grid; 8 needs the hybrid encoder
     encoder_embed_dim: int = 768
     encoder_depth: int = 12
     encoder_num_heads: int = 12
@@ -40,6 +46,12 @@ class SamConfig:
     pixel_std: tuple[float, float, float] = field(default=PIXEL_STD)
 
     def __post_init__(self) -> None:
+        if self.encoder_type not in ("vit", "hybrid"):
+            raise ValueError(f"SamConfig: encoder_type {self.encoder_type!r} is not 'vit' or 'hybrid'")
+        if self.mask_scale not in (4, 8) or (self.mask_scale == 8 and self.encoder_type != "hybrid"):
+            raise ValueError(
+                f"SamConfig: mask_scale {self.mask_scale} must be 4, or 8 with the hybrid encoder"
+            )
         if self.img_size % self.patch_size:
             raise ValueError(
                 f"SamConfig: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
@@ -54,7 +66,7 @@ class SamConfig:
                 f"SamConfig: global_attn_indexes {bad} outside encoder depth {self.encoder_depth}"
             )
         # normalise lists (e.g. from JSON) to tuples so configs compare and hash
-        for name in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
+        for name in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "stem_chans"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -64,8 +76,8 @@ class SamConfig:
 
     @property
     def low_res_size(self) -> int:
-        """Side of the low-res mask logits (4 x embedding size)."""
-        return 4 * self.embedding_size
+        """Side of the low-res mask logits (``mask_scale`` x embedding size; SAM: 4)."""
+        return self.mask_scale * self.embedding_size
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists for tuples)."""
@@ -95,6 +107,27 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
     "tiny": SamConfig(
         img_size=256,
         patch_size=16,
+        encoder_embed_dim=128,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_window_size=8,
+        encoder_global_attn_indexes=(1, 3),
+        encoder_mlp_ratio=4.0,
+        out_chans=64,
+        mask_in_chans=16,
+        decoder_depth=2,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_depth=3,
+        iou_head_hidden_dim=64,
+    ),
+    # tiny plus the detail branch and 8x (128x128) masks (see sam_engine/model/hybrid_encoder.py)
+    "tiny_hybrid": SamConfig(
+        img_size=256,
+        patch_size=16,
+        encoder_type="hybrid",
+        stem_chans=(16, 32, 64),
+        mask_scale=8,
         encoder_embed_dim=128,
         encoder_depth=4,
         encoder_num_heads=4,
@@ -139,25 +172,32 @@ def build_sam(name_or_config: str | SamConfig | dict[str, Any] = "tiny", seed: i
 
 def _build(cfg: SamConfig) -> Sam:
     grid = cfg.embedding_size
-    encoder = ImageEncoderViT(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.encoder_embed_dim,
-        depth=cfg.encoder_depth,
-        num_heads=cfg.encoder_num_heads,
-        mlp_ratio=cfg.encoder_mlp_ratio,
-        out_chans=cfg.out_chans,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm),
-        use_rel_pos=True,
-        window_size=cfg.encoder_window_size,
-        global_attn_indexes=cfg.encoder_global_attn_indexes,
-    )
+    vit_args = {
+        "img_size": cfg.img_size,
+        "patch_size": cfg.patch_size,
+        "embed_dim": cfg.encoder_embed_dim,
+        "depth": cfg.encoder_depth,
+        "num_heads": cfg.encoder_num_heads,
+        "mlp_ratio": cfg.encoder_mlp_ratio,
+        "out_chans": cfg.out_chans,
+        "qkv_bias": True,
+        "norm_layer": partial(nn.LayerNorm),
+        "use_rel_pos": True,
+        "window_size": cfg.encoder_window_size,
+        "global_attn_indexes": cfg.encoder_global_attn_indexes,
+    }
+    if cfg.encoder_type == "hybrid":
+        encoder: ImageEncoderViT = ImageEncoderHybrid(
+            stem_chans=cfg.stem_chans, mask_scale=cfg.mask_scale, **vit_args
+        )
+    else:
+        encoder = ImageEncoderViT(**vit_args)
     prompt_encoder = PromptEncoder(
         embed_dim=cfg.out_chans,
         image_embedding_size=(grid, grid),
         input_image_size=(cfg.img_size, cfg.img_size),
         mask_in_chans=cfg.mask_in_chans,
+        mask_scale=cfg.mask_scale,
     )
     decoder = MaskDecoder(
         transformer_dim=cfg.out_chans,
@@ -170,6 +210,7 @@ def _build(cfg: SamConfig) -> Sam:
         num_multimask_outputs=3,
         iou_head_depth=cfg.iou_head_depth,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        mask_scale=cfg.mask_scale,
     )
     model = Sam(encoder, prompt_encoder, decoder, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std)
     model.config = cfg  # type: ignore[assignment]

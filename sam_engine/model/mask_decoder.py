@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sam_engine.model.common import MLP, LayerNorm2d
+from sam_engine.model.hybrid_encoder import split_high_res
 from sam_engine.model.transformer import TwoWayTransformer
 
 
@@ -24,8 +25,12 @@ class MaskDecoder(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        mask_scale: int = 4,
     ) -> None:
         super().__init__()
+        if mask_scale not in (4, 8):
+            raise ValueError(f"MaskDecoder: mask_scale must be 4 or 8, got {mask_scale}")
+        self.mask_scale = mask_scale
         self.transformer_dim = transformer_dim
         self.transformer = transformer
         self.num_multimask_outputs = num_multimask_outputs
@@ -39,6 +44,12 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
             activation(),
         )
+        if (
+            mask_scale == 8
+        ):  # a third upscaling layer for 8x masks (needs the hybrid encoder's detail features)
+            self.output_upscaling_fine = nn.ConvTranspose2d(
+                transformer_dim // 8, transformer_dim // 8, kernel_size=2, stride=2
+            )
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
             for _ in range(self.num_mask_tokens)
@@ -72,8 +83,13 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks and IoU predictions (no output selection)."""
+        """All ``num_mask_tokens`` masks and IoU predictions (no output selection).
+
+        An embedding from the hybrid encoder also carries stride-4/8 features (see
+        :mod:`~sam_engine.model.hybrid_encoder`); they are added to the upscaling layers, as in SAM 2.
+        """
         b = sparse_prompt_embeddings.shape[0]
+        image_embeddings, high_res = split_high_res(image_embeddings, self.transformer_dim)
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
@@ -92,7 +108,7 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
         src = src.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = self.output_upscaling(src)
+        upscaled = self._upscale(src, high_res)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
@@ -100,3 +116,20 @@ class MaskDecoder(nn.Module):
         masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
+
+    def _upscale(self, src: torch.Tensor, detail: list[torch.Tensor]) -> torch.Tensor:
+        """Upscale the decoder's image tokens 4x (8x), adding the detail features (coarse first) per layer."""
+        needed = 3 if self.mask_scale == 8 else 2
+        if not detail and self.mask_scale == 4:
+            return self.output_upscaling(src)
+        if len(detail) != needed:
+            raise ValueError(
+                f"MaskDecoder: {self.mask_scale}x masks need {needed} detail feature maps in the image "
+                f"embedding, got {len(detail)} (an embedding from another encoder?)"
+            )
+        dc1, ln1, act1, dc2, act2 = self.output_upscaling
+        # detail features have batch 1 (shared image) or one row per prompt: broadcasting serves both
+        x = act2(dc2(act1(ln1(dc1(src) + detail[0]))) + detail[1])
+        if self.mask_scale == 8:
+            x = act2(self.output_upscaling_fine(x) + detail[2])
+        return x

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam_engine.model.common import LayerNorm2d
@@ -58,6 +59,7 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        mask_scale: int = 4,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -67,7 +69,8 @@ class PromptEncoder(nn.Module):
         self.num_point_embeddings = 4  # background, foreground, box top-left, box bottom-right
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
+        # mask inputs have the decoder's low-res size (mask_scale x the embedding); 8x ones are pooled to 4x
+        self.mask_input_size = (mask_scale * image_embedding_size[0], mask_scale * image_embedding_size[1])
         self.mask_downscaling = nn.Sequential(
             nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
             LayerNorm2d(mask_in_chans // 4),
@@ -103,6 +106,9 @@ class PromptEncoder(nn.Module):
         return pe + corner_embed
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        factor = masks.shape[-1] // (4 * self.image_embedding_size[1])
+        if factor > 1:
+            masks = F.avg_pool2d(masks, factor)
         return self.mask_downscaling(masks)
 
     @staticmethod
