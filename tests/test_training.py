@@ -98,6 +98,23 @@ def test_sample_uniform_stays_in_region_and_covers_it():
     assert seen == {(y, x) for y in range(1, 3) for x in range(2, 5)}
 
 
+def test_sample_weighted_follows_the_weights():
+    from sam_engine.training.prompts import sample_weighted
+
+    weights = torch.zeros(3, 4, 5)
+    weights[0, 1, 2], weights[0, 3, 4] = 1.0, 3.0  # 1:3 odds, every other pixel weight 0
+    weights[1] = 1.0  # uniform
+    draws = [sample_weighted(weights, gen(seed)) for seed in range(400)]
+    yx = torch.stack([d[0] for d in draws])  # (400, 3, 2)
+    assert all(bool(d[1][:2].all()) and not bool(d[1][2]) for d in draws)  # row 2 is empty
+    row0 = {tuple(p) for p in yx[:, 0].tolist()}
+    assert row0 == {(1, 2), (3, 4)}
+    share = (yx[:, 0] == torch.tensor([3, 4])).all(dim=1).float().mean().item()
+    assert 0.68 < share < 0.82  # 3/4 expected; 400 draws give a standard deviation of ~0.02
+    assert len({tuple(p) for p in yx[:, 1].tolist()}) > 15  # the uniform row reaches most of its 20 pixels
+    assert torch.equal(sample_weighted(weights, gen(7))[0], sample_weighted(weights, gen(7))[0])  # seeded
+
+
 def test_mask_boxes_and_noisy_boxes():
     masks = torch.zeros(3, 100, 100, dtype=torch.bool)
     masks[0, 10:20, 30:70] = True

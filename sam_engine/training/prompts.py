@@ -82,12 +82,18 @@ def interior_weights(masks: torch.Tensor, iterations: int = 8, factor: int = 4) 
 
 
 def sample_weighted(weights: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pixel per row drawn with probability proportional to ``weights`` (M, H, W) >= 0; (yx, found)."""
+    """One pixel per row drawn with probability proportional to ``weights`` (M, H, W) >= 0; (yx, found).
+
+    Inverse-CDF sampling (one uniform per row, a cumulative sum and a binary search): the same distribution
+    as ``torch.multinomial`` at a fraction of its cost on full-resolution rows.
+    """
     m, h, w = weights.shape
-    flat = weights.reshape(m, h * w)
-    found = flat.sum(dim=1) > 0
-    probs = torch.where(found[:, None], flat, torch.ones_like(flat))
-    idx = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    cdf = weights.reshape(m, h * w).to(torch.float64).cumsum(dim=1)
+    total = cdf[:, -1]
+    found = total > 0
+    u = torch.rand((m, 1), generator=generator, device=weights.device, dtype=torch.float64)
+    idx = torch.searchsorted(cdf, u * total[:, None], right=True)[:, 0].clamp(max=h * w - 1)
+    idx = torch.where(found, idx, torch.zeros_like(idx))
     return torch.stack([idx // w, idx % w], dim=1), found
 
 
