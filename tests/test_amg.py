@@ -365,11 +365,11 @@ def test_params_validation():
         AmgParams(unknown=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
+@pytest.fixture(scope="module", params=["tiny", "tiny_hybrid"])
+def tiny_model(request):
     from sam_engine.model import build_sam
 
-    return build_sam("tiny", seed=0)
+    return build_sam(request.param, seed=0)
 
 
 def test_tiny_model_batch_equals_single_and_is_deterministic(tiny_model):

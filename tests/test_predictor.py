@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sam_engine.model import ResizeLongestSide, build_sam
+from sam_engine.model.hybrid_encoder import packed_channels
 from sam_engine.model.transforms import preprocess_shape
 from sam_engine.predictor import EmbeddingCache, SamPredictor
 
@@ -44,6 +45,20 @@ def counting_model():
     m = build_sam("tiny", seed=0).eval()
     m.image_encoder = CountingEncoder(m.image_encoder)
     return m
+
+
+def test_predict_with_8x_masks_feeds_its_logits_back():
+    model = build_sam("tiny_hybrid", seed=0).eval()
+    p = SamPredictor(model, cache=EmbeddingCache())
+    p.set_image(make_image(2))
+    assert p.get_image_embedding().shape == (1, packed_channels(64, 8), 16, 16)
+    masks, iou, low = p.predict(np.array([[70, 30]]), np.array([1]))
+    assert masks.shape == (3, 90, 140) and iou.shape == (3,) and low.shape == (3, 128, 128)
+    again, _, low2 = p.predict(np.array([[70, 30], [20, 20]]), np.array([1, 0]), mask_input=low[:1])
+    assert again.shape == (3, 90, 140) and low2.shape == (3, 128, 128)
+    assert not np.array_equal(low2, low)  # the fed-back logits and the new click change the answer
+    with pytest.raises(ValueError, match="mask_input must be"):
+        p.predict(np.array([[1, 2]]), np.array([1]), mask_input=np.zeros((1, 64, 64)))
 
 
 @pytest.mark.parametrize("h,w", [(90, 140), (300, 17), (256, 256), (1, 500)])
