@@ -138,7 +138,8 @@ class SamPredictor:
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         resized = self.transform.apply_image(image)
-        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
+        # a copy: the resized image may be a read-only view of the caller's array (no resize needed)
+        tensor = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
         input_size = (int(tensor.shape[1]), int(tensor.shape[2]))
         return self.model.preprocess(tensor.to(torch.float32)), input_size
 
