@@ -9,33 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from annotation_fixtures import ServerThread, World, build_app, make_world
+from browser_support import BROWSER_MARKS, launch
 
 from sam_engine.data import rle as rle_utils
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT_DIR = Path(os.environ.get("SAM_ENGINE_SCREENSHOTS", "/tmp"))
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = launch(pw)
         yield b
         b.close()
 

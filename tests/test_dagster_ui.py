@@ -11,19 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import BROWSER_MARKS, launch
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium missing")]
+pytestmark = BROWSER_MARKS
 
 
 def _free_port() -> int:
@@ -73,7 +65,7 @@ def webserver(tmp_path_factory):
 def test_asset_graph_page_shows_the_engine(webserver):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(pw)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         # each asset's lineage page draws its neighbours: the chain of the engine, link by link
         chain = {
