@@ -285,6 +285,24 @@ def test_generator_filters_and_nms_on_fake_model():
         assert r["crop_box"] == [0.0, 0.0, 64.0, 64.0]
 
 
+def test_generator_keeps_more_than_255_masks_per_batch_and_image():
+    # pycocotools' area() fails on more than 255 RLEs in one call under NumPy 2; 144 points x 2 kept masks
+    # in one batch (and one image) must still give every record its area
+    model = SquareSam()
+    params = AmgParams(
+        points_per_side=12,
+        points_per_batch=144,
+        pred_iou_thresh=0.88,
+        stability_score_thresh=0.5,
+        box_nms_thresh=1.0,
+        max_mask_area_ratio=None,
+    )
+    recs = AutomaticMaskGenerator(model, params).generate(_image(192, 192))
+    assert len(recs) == 144 * 2
+    for r in recs[::17]:
+        assert rle_utils.decode(r["segmentation"]).sum() == r["area"] > 0
+
+
 def test_generator_nms_removes_duplicates():
     # two points 2 px apart give nearly identical squares: NMS keeps one per mask size
     model = SquareSam(halves=(8, 12, 12), ious=(0.95, 0.9, 0.89))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from sam_engine.data import rle as rle_utils
 from sam_engine.model.transforms import ResizeLongestSide
 
 from .crops import box_area, generate_crop_boxes, uncrop_points
@@ -268,7 +269,7 @@ class AutomaticMaskGenerator:
         encoded = mask_utils.encode(stack.numpy().view(np.uint8).T)
         xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)], dim=1)
-        areas = torch.from_numpy(mask_utils.area(encoded).astype(np.int64))
+        areas = torch.from_numpy(rle_utils.areas(encoded))
         rles = [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
         return rles, boxes, areas
 
@@ -294,7 +295,7 @@ def _records(found: _Masks, image_size: tuple[int, int], max_area_ratio: float |
     if len(found) == 0:
         return []
     coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in found.rles]
-    areas = torch.as_tensor(mask_utils.area(coco).astype(np.int64))
+    areas = torch.from_numpy(rle_utils.areas(coco))
     keep = ~covers_too_much(areas, image_size[0], image_size[1], max_area_ratio) & (areas > 0)
     if not bool(keep.all()):
         found = found.select(keep)

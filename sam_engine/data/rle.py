@@ -52,6 +52,22 @@ def area(rle: dict) -> int:
     return int(mask_utils.area(_to_coco(rle)))
 
 
+# pycocotools' ``area`` sizes its result array with a uint8 (``np.array((n,), dtype=np.uint8)``): under
+# NumPy 2 a list of more than 255 RLEs raises OverflowError. Chunks of at most 255 give the same result.
+_AREA_CHUNK = 255
+
+
+def areas(coco_rles: list[dict]) -> np.ndarray:
+    """Pixel areas (int64) of many pycocotools-format RLEs (``counts`` bytes), in chunks pycocotools accepts."""
+    if not coco_rles:
+        return np.zeros(0, dtype=np.int64)
+    parts = [
+        np.asarray(mask_utils.area(coco_rles[i : i + _AREA_CHUNK]), dtype=np.int64)
+        for i in range(0, len(coco_rles), _AREA_CHUNK)
+    ]
+    return np.concatenate(parts)
+
+
 def bbox_xywh(rle: dict) -> list[float]:
     return [float(v) for v in mask_utils.toBbox(_to_coco(rle))]
 
