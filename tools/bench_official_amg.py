@@ -3,20 +3,24 @@
 Run with the reference environment (official segment-anything + torchvision)::
 
     /work/main/.refenv/bin/python tools/bench_official_amg.py [--model sam|fake] [--checkpoint PATH]
-        [--images N] [--points-per-side 32] [--crop-n-layers 0] [--relaxed] [--json OUT]
+        [--images N] [--images-dir DIR] [--points-per-side 32] [--crop-n-layers 0]
+        [--pred-iou-thresh 0.88] [--stability-score-thresh 0.95] [--relaxed] [--json OUT]
 
 ``--model sam`` (default): the official ``Sam`` is built with the checkpoint's configuration and weights
 (default checkpoint: tests/fixtures/official_tiny/sam_official_tiny.pth with its config.json; a sam-engine
 checkpoint {config, state_dict} works too; without one, random-init tiny weights, seed 0), on COCO photos
-from /work/shared/data/coco_tiny. ``--model fake``: a deterministic colour-segment stand-in for a trained
-SAM (below) on flat-colour scenes, so both generators see meaningful, overlapping masks without trained weights.
+from /work/shared/data/coco_tiny (or the .jpg / .jpeg / .png images of ``--images-dir``, in name order).
+``--model fake``: a deterministic colour-segment stand-in for a trained SAM (below) on flat-colour scenes,
+so both generators see meaningful, overlapping masks without trained weights.
 
 The images and settings go into a shared .npz; ours runs in a subprocess with the main venv (``--ours`` mode
 of this file), times itself on the same images and computes agreement: the share of official masks matched by
 one of ours at mask IoU > 0.95, and vice versa. Speed is reported as wall-clock and as process CPU time
 (steadier when other work shares the cores). Both sides use one warm-up image and the same torch thread count.
-``--relaxed`` lowers pred_iou_thresh / stability thresholds in BOTH generators (random weights give no
-confident masks otherwise). Our 95 % area filter is off here (the official generator has none).
+``--pred-iou-thresh`` / ``--stability-score-thresh`` replace the official defaults (0.88 / 0.95) in BOTH
+generators (e.g. the engine's stage-3 0.88 / 0.92); ``--relaxed`` lowers pred_iou_thresh / stability
+thresholds further in both (random weights give no confident masks otherwise). Our 95 % area filter is off
+here (the official generator has none).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
 FIXTURE = ROOT / "tests" / "fixtures" / "official_tiny" / "sam_official_tiny.pth"
 IMAGES_DIR = Path("/work/shared/data/coco_tiny/val2017")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RELAXED = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.05, "stability_score_offset": 0.02}
 
 
@@ -54,17 +59,21 @@ def _settings(args: argparse.Namespace) -> dict:
         "crop_n_layers": args.crop_n_layers,
         "min_mask_region_area": 0,
     }
+    if args.pred_iou_thresh is not None:
+        s["pred_iou_thresh"] = args.pred_iou_thresh
+    if args.stability_score_thresh is not None:
+        s["stability_score_thresh"] = args.stability_score_thresh
     if args.relaxed:
         s.update(RELAXED)
     return s
 
 
-def _load_images(n: int, max_side: int) -> list[np.ndarray]:
+def _load_images(n: int, max_side: int, images_dir: Path = IMAGES_DIR) -> list[np.ndarray]:
     from PIL import Image
 
-    files = sorted(IMAGES_DIR.glob("*.jpg"))[:n]
+    files = sorted(f for f in images_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:n]
     if not files:
-        raise SystemExit(f"no images in {IMAGES_DIR}")
+        raise SystemExit(f"no images in {images_dir}")
     out = []
     for f in files:
         im = Image.open(f).convert("RGB")
@@ -275,7 +284,7 @@ def _official_main(args: argparse.Namespace) -> None:
         images = [scene(480, 640, seed=i) for i in range(args.images)]
     else:
         sam, cfg, state_path, weights = _official_sam(args, work)
-        images = _load_images(args.images, args.max_side)
+        images = _load_images(args.images, args.max_side, Path(args.images_dir))
     settings = _settings(args)
     inputs = work / "inputs.npz"
     np.savez(inputs, **{f"image_{i}": im for i, im in enumerate(images)}, settings=json.dumps(settings))
@@ -327,9 +336,15 @@ def _official_main(args: argparse.Namespace) -> None:
         "weights": weights,
         "settings": settings,
         "relaxed_thresholds": bool(args.relaxed),
+        "images_dir": None if args.model == "fake" else str(args.images_dir),
         "images": n,
         "image_sizes": [list(im.shape[:2]) for im in images],
         "threads": args.threads,
+        "official_seconds": official_s,
+        "official_cpu_seconds": official_cpu,
+        "ours_seconds": ours["seconds"],
+        "ours_cpu_seconds": ours["cpu_seconds"],
+        "ours_batch_seconds": ours["batch_seconds"],
         "official_images_per_s": n / official_s,
         "ours_images_per_s": n / ours["seconds"],
         "ours_batch_images_per_s": n / ours["batch_seconds"],
@@ -340,6 +355,8 @@ def _official_main(args: argparse.Namespace) -> None:
         "ours_masks": ours["num_masks"],
         "official_matched_by_ours@0.95": ours["official_matched"],
         "ours_matched_by_official@0.95": ours["ours_matched"],
+        "official_matched_count": ours["official_matched_count"],
+        "ours_matched_count": ours["ours_matched_count"],
         "mean_best_iou_official": ours["mean_best_iou_official"],
     }
     report["config"] = cfg
@@ -428,6 +445,8 @@ def _ours_main(args: argparse.Namespace) -> None:
         "cpu_seconds": cpu_seconds,
         "batch_seconds": batch_seconds,
         "num_masks": total_u,
+        "official_matched_count": matched_o,
+        "ours_matched_count": matched_u,
         "official_matched": matched_o / total_o if total_o else None,
         "ours_matched": matched_u / total_u if total_u else None,
         "mean_best_iou_official": float(np.mean(best_o)) if best_o else None,
@@ -439,9 +458,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--images-dir", default=str(IMAGES_DIR), help="folder of .jpg / .jpeg / .png images")
     ap.add_argument("--max-side", type=int, default=640)
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--crop-n-layers", type=int, default=0)
+    ap.add_argument("--pred-iou-thresh", type=float, default=None, help="default: official 0.88")
+    ap.add_argument("--stability-score-thresh", type=float, default=None, help="default: official 0.95")
     ap.add_argument("--relaxed", action="store_true")
     ap.add_argument("--model", choices=["sam", "fake"], default="sam")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("AMG_BENCH_THREADS", "2")))
