@@ -44,9 +44,8 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
             activation(),
         )
-        if (
-            mask_scale == 8
-        ):  # a third upscaling layer for 8x masks (needs the hybrid encoder's detail features)
+        # a third upscaling layer for 8x masks (needs the hybrid encoder's detail features)
+        if mask_scale == 8:
             self.output_upscaling_fine = nn.ConvTranspose2d(
                 transformer_dim // 8, transformer_dim // 8, kernel_size=2, stride=2
             )
@@ -85,8 +84,8 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks and IoU predictions (no output selection).
 
-        An embedding from the hybrid encoder also carries stride-4/8 features (see
-        :mod:`~sam_engine.model.hybrid_encoder`); they are added to the upscaling layers, as in SAM 2.
+        An embedding from the hybrid encoder also carries its detail features (strides 8, 4 and, for 8x masks,
+        2; see :mod:`~sam_engine.model.hybrid_encoder`), added to the upscaling layers as in SAM 2.
         """
         b = sparse_prompt_embeddings.shape[0]
         image_embeddings, high_res = split_high_res(image_embeddings, self.transformer_dim)
