@@ -200,6 +200,8 @@ def _image_call(fn, location: Location, max_pixels: int | None, cache_dir: Locat
     from .data.errors import DataError
     from .data.images import DEFAULT_MAX_PIXELS
 
+    if isinstance(location, Path):  # a local path (remote UPaths are not pathlib Paths): no URL parsing
+        return fn(location, max_pixels or DEFAULT_MAX_PIXELS)
     if is_local(location):
         return fn(local_path(location), max_pixels or DEFAULT_MAX_PIXELS)
     try:

@@ -9,9 +9,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from . import storage
 from .data import rle as rle_utils
 from .data.corpus import MaskCorpus
-from .data.images import load_image
 
 
 def colors(n: int, seed: int = 0) -> np.ndarray:
@@ -86,12 +86,7 @@ def corpus_preview(
     cache of ``sam_engine.storage``)."""
     tiles = []
     for im in corpus.images[:n]:
-        if isinstance(im.path, os.PathLike):
-            arr = load_image(im.path)
-        else:
-            from . import storage
-
-            arr = storage.load_image(im.path, cache_dir=cache_dir)
+        arr = storage.load_image(im.path, cache_dir=cache_dir)
         anns = corpus.masks_for(im.image_id)
         masks = [rle_utils.decode(a["segmentation"]) for a in anns]
         tiles.append(overlay(arr, masks) if masks else arr)

@@ -83,14 +83,9 @@ def _check_image(
     except DataError as e:
         raise DataError(file, where, "file_name", e.message) from e
     try:
-        if remote:
-            w, h = storage.image_size(path, max_pixels, cache_dir)
-            if verify:
-                storage.load_image(path, max_pixels, cache_dir)
-        else:
-            w, h = image_size(path, max_pixels)
-            if verify:
-                load_image(path, max_pixels)
+        w, h = storage.image_size(path, max_pixels, cache_dir)
+        if verify:
+            storage.load_image(path, max_pixels, cache_dir)
     except DataError as e:
         raise DataError(path, where, e.field, e.message) from e
     if (w, h) != (rec["width"], rec["height"]):

@@ -61,30 +61,22 @@ def load_image_folder(
     their records' ``path`` is the image's URL.
     """
     files: Iterator[tuple[str, Path] | tuple[str, str] | DataError]
-    size: Callable[[Path | str], tuple[int, int]]
     if storage.is_local(folder):
         root = storage.local_path(folder).resolve()
         if not root.is_dir():
             raise DataError(root, None, "folder", "image folder not found")
         source, files = str(root), _local_files(root)
-
-        def size(path):
-            if verify_images:
-                h, w = load_image(path, max_pixels).shape[:2]
-                return w, h
-            return image_size(path, max_pixels)
-
     else:
         source = str(storage.upath(folder))
         if not storage.upath(source).is_dir():
             raise DataError(source, None, "folder", "image folder not found")
         files = _remote_files(source)
 
-        def size(url):
-            if verify_images:
-                h, w = storage.load_image(url, max_pixels, cache_dir).shape[:2]
-                return w, h
-            return storage.image_size(url, max_pixels, cache_dir)
+    def size(path: Path | str) -> tuple[int, int]:
+        if verify_images:
+            h, w = storage.load_image(path, max_pixels, cache_dir).shape[:2]
+            return w, h
+        return storage.image_size(path, max_pixels, cache_dir)
 
     q = Quarantine()
     images: list[ImageRecord] = []

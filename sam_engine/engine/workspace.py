@@ -19,7 +19,6 @@ import numpy as np
 from ..config import EngineConfig
 from ..data import corpora
 from ..data.corpus import ImageRecord, MaskCorpus
-from ..data.images import load_image
 from ..model_store import ModelRef, ModelStore
 from ..tracking import TrackingSettings
 
@@ -79,12 +78,9 @@ class Workspace:
 
     def load(self, image_id: int) -> np.ndarray:
         """Pixels of a pool or gold image (a remote pool's image through the cache)."""
-        path = self.record(image_id).path
-        if isinstance(path, os.PathLike):  # local files are read in place
-            return load_image(path, self.cfg.corpus.max_pixels)
         from .. import storage
 
-        return storage.load_image(path, self.cfg.corpus.max_pixels, self.cache_dir)
+        return storage.load_image(self.record(image_id).path, self.cfg.corpus.max_pixels, self.cache_dir)
 
     def localize(self, record: ImageRecord) -> ImageRecord:
         """``record`` with a local ``path`` (a remote image's cached copy), for readers that open the file
