@@ -10,7 +10,7 @@ def count_true(masks: torch.Tensor) -> torch.Tensor:
 
     Fast path (CPU, contiguous, pixels per mask a multiple of 8): the mask bytes are read as int64 lanes
     (8 pixels each) and summed 255 lanes at a time, so no byte of a lane can carry; the byte counts of each
-    lane sum are then added up. Otherwise rows are summed in int16 first.
+    lane sum are then added up (rows shorter than 255 lanes in one block). Otherwise rows are summed in int16 first.
     """
     n = masks.shape[0]
     flat = masks.reshape(n, -1)
@@ -23,7 +23,7 @@ def count_true(masks: torch.Tensor) -> torch.Tensor:
             return flat.reshape(n, -1, width).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
         return flat.sum(dim=1, dtype=torch.int32)
     lanes = flat.view(torch.uint8).view(torch.int64)  # (n, size / 8)
-    per = 255
+    per = min(255, lanes.shape[1])
     whole = (lanes.shape[1] // per) * per
     total = torch.zeros(n, dtype=torch.int32)
     if whole:

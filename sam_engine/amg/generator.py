@@ -8,7 +8,8 @@ Crops are merged by NMS that prefers smaller crops; optional hole / island clean
 masks covering at least ``max_mask_area_ratio`` of the image are dropped last.
 
 Where it is faster than the reference algorithm, with the same result:
-- only masks that pass the IoU filter are upsampled from the low-res logits (the filter needs no pixels);
+- only masks that pass the IoU filter are upsampled from the low-res logits (the filter needs no pixels),
+  and only in the tiles where a cut-off is in doubt (:mod:`.upsample`); the rest are counted whole;
 - boxes, stability scores, edge filter and NMS are tensor ops over the batch (NMS without torchvision);
 - RLE is produced by one pycocotools call per batch on the column-major stack;
 - ``generate_batch`` runs the image encoder on several images / crops at once.
@@ -30,11 +31,12 @@ from sam_engine.data import rle as rle_utils
 from sam_engine.model.transforms import ResizeLongestSide
 
 from .crops import box_area, generate_crop_boxes, uncrop_points
-from .filters import covers_too_much, near_crop_edge, stability_score
+from .filters import covers_too_much, near_crop_edge
 from .grid import scale_grid
 from .nms import batched_nms, nms
 from .params import AmgParams
 from .postprocess import clean_masks
+from .upsample import TiledThreshold
 
 
 @dataclass
@@ -222,18 +224,24 @@ class AutomaticMaskGenerator:
             idx = idx[iou > p.pred_iou_thresh]
         if len(idx) == 0:
             return _Masks.empty()
-        # Only the survivors of the IoU filter are upsampled to the crop's size.
-        logits = self.model.postprocess_masks(low_res[idx][:, None], input_size, crop_size)[:, 0]
-        stab = stability_score(logits, p.mask_threshold, p.stability_score_offset)
-        # Encoding every survivor and then dropping RLEs is cheaper than copying the kept logits out.
-        rles, boxes, areas = self._encode(logits, crop_box, image_size)
-        del logits
-        keep = ~near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]], p.crop_edge_tolerance)
-        keep &= areas > 0  # an empty mask is no object
+        # Only the survivors of the IoU filter are upsampled, and only where a cut-off is in doubt.
+        t, off = p.mask_threshold, p.stability_score_offset
+        geometry = TiledThreshold.cached(
+            tuple(low_res.shape[-2:]), self.model.img_size, input_size, crop_size
+        )
+        scan = geometry.scan(low_res[idx], (t - off, t, t + off))
+        stab = scan.counts[:, 2].float() / scan.counts[:, 0].float()  # NaN when both are empty
+        keep = scan.counts[:, 1] > 0  # an empty mask is no object
         if p.stability_score_thresh > 0.0:
-            keep &= (stab >= p.stability_score_thresh).cpu()
-        if not bool(keep.all()):
-            kept = torch.nonzero(keep).flatten()
+            keep &= stab >= p.stability_score_thresh
+        rows = torch.nonzero(keep).flatten()
+        if len(rows) == 0:
+            return _Masks.empty()
+        rles, boxes = self._encode(scan.masks(rows, 1), crop_box, image_size)
+        idx, stab = idx[rows], stab[rows]
+        edge = near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]], p.crop_edge_tolerance)
+        if bool(edge.any()):
+            kept = torch.nonzero(~edge).flatten()
             idx, stab, boxes = idx[kept.to(idx.device)], stab[kept.to(stab.device)], boxes[kept]
             rles = [rles[i] for i in kept.tolist()]
         if len(idx) == 0:
@@ -249,29 +257,26 @@ class AutomaticMaskGenerator:
         )
 
     def _encode(
-        self, logits: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]
-    ) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-        """Binarize (k, h, w) crop logits straight into a column-major image-size stack and RLE-encode it.
+        self, masks: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]
+    ) -> tuple[list[dict], torch.Tensor]:
+        """RLE-encode (k, crop W, crop H) column-major crop masks placed in the image frame.
 
-        Returns the compressed RLEs, inclusive XYXY image-frame boxes and areas, both read off the RLEs.
+        Returns the compressed RLEs and inclusive XYXY image-frame boxes read off the RLEs.
         """
-        k = logits.shape[0]
+        k = masks.shape[0]
         height, width = image_size
         x0, y0, x1, y1 = crop_box
-        logits = logits.cpu()
-        # (k, W, H) C-order is each mask's column-major (Fortran) layout.
+        masks = masks.cpu()
         if [x0, y0, x1, y1] == [0, 0, width, height]:
-            stack = torch.empty(k, width, height, dtype=torch.bool)
-            torch.gt(logits.transpose(1, 2), self.params.mask_threshold, out=stack)
+            stack = masks.contiguous()
         else:
             stack = torch.zeros(k, width, height, dtype=torch.bool)
-            torch.gt(logits.transpose(1, 2), self.params.mask_threshold, out=stack[:, x0:x1, y0:y1])
+            stack[:, x0:x1, y0:y1] = masks
         encoded = mask_utils.encode(stack.numpy().view(np.uint8).T)
         xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)], dim=1)
-        areas = torch.from_numpy(rle_utils.areas(encoded))
         rles = [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
-        return rles, boxes, areas
+        return rles, boxes
 
     def _finish(self, crops: list[_Masks], image_size: tuple[int, int]) -> list[dict]:
         p = self.params
