@@ -92,6 +92,21 @@ class _Masks:
         )
 
 
+class _Canvas:
+    """An image-size (k, W, H) stack for one inner crop's masks, zeroed once: every batch of the crop writes
+    the same region, so the rest stays zero (no zero fill of a whole image per batch)."""
+
+    def __init__(self, image_size: tuple[int, int], capacity: int) -> None:
+        self.size, self.capacity = image_size, capacity
+        self.stack: torch.Tensor | None = None
+
+    def take(self, k: int) -> torch.Tensor:
+        if self.stack is None or len(self.stack) < k:
+            height, width = self.size
+            self.stack = torch.zeros(max(k, self.capacity), width, height, dtype=torch.bool)
+        return self.stack[:k]
+
+
 def _as_model(model_or_predictor: object) -> torch.nn.Module:
     model = getattr(model_or_predictor, "model", model_or_predictor)
     for name in ("image_encoder", "decode", "postprocess_masks", "preprocess"):
@@ -179,6 +194,7 @@ class AutomaticMaskGenerator:
             self.transform.apply_coords(points, crop_size), device=embedding.device
         )
         parts = []
+        canvas = _Canvas(image_size, 3 * p.points_per_batch)
         for start in range(0, len(points), p.points_per_batch):
             stop = start + p.points_per_batch
             parts.append(
@@ -190,6 +206,7 @@ class AutomaticMaskGenerator:
                     crop_size,
                     crop_box,
                     image_size,
+                    canvas,
                 )
             )
         found = _Masks.cat(parts)
@@ -211,6 +228,7 @@ class AutomaticMaskGenerator:
         crop_size: tuple[int, int],
         crop_box: list[int],
         image_size: tuple[int, int],
+        canvas: _Canvas,
     ) -> _Masks:
         p = self.params
         n = model_points.shape[0]
@@ -237,7 +255,7 @@ class AutomaticMaskGenerator:
         rows = torch.nonzero(keep).flatten()
         if len(rows) == 0:
             return _Masks.empty()
-        rles, boxes = self._encode(scan.masks(rows, 1), crop_box, image_size)
+        rles, boxes = self._encode(scan.masks(rows, 1), crop_box, image_size, canvas)
         idx, stab = idx[rows], stab[rows]
         edge = near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]], p.crop_edge_tolerance)
         if bool(edge.any()):
@@ -257,7 +275,7 @@ class AutomaticMaskGenerator:
         )
 
     def _encode(
-        self, masks: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]
+        self, masks: torch.Tensor, crop_box: list[int], image_size: tuple[int, int], canvas: _Canvas
     ) -> tuple[list[dict], torch.Tensor]:
         """RLE-encode (k, crop W, crop H) column-major crop masks placed in the image frame.
 
@@ -270,7 +288,7 @@ class AutomaticMaskGenerator:
         if [x0, y0, x1, y1] == [0, 0, width, height]:
             stack = masks.contiguous()
         else:
-            stack = torch.zeros(k, width, height, dtype=torch.bool)
+            stack = canvas.take(k)
             stack[:, x0:x1, y0:y1] = masks
         encoded = mask_utils.encode(stack.numpy().view(np.uint8).T)
         xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
