@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -416,3 +418,47 @@ def test_generator_accepts_a_predictor(tiny_model):
         AutomaticMaskGenerator(object())
     with pytest.raises(ValueError):
         gen.generate(np.zeros((8, 8), dtype=np.uint8))
+
+
+def test_decode_where_equals_decode_on_the_kept_rows(tiny_model):
+    torch.manual_seed(0)
+    emb = tiny_model.image_encoder(torch.randn(1, 3, tiny_model.img_size, tiny_model.img_size))
+    coords = torch.rand(24, 1, 2) * tiny_model.img_size
+    labels = torch.ones(24, 1, dtype=torch.int64)
+    with torch.inference_mode():
+        low_res, iou = tiny_model.decode(emb, coords, labels, multimask_output=True)
+        cut = iou.max(dim=1).values.median()
+        rows, kept, iou_all = tiny_model.decode_where(
+            emb, coords, labels, lambda q: (q > cut).any(dim=1), multimask_output=True
+        )
+    assert 0 < len(rows) < 24
+    assert torch.equal(rows, torch.nonzero((iou > cut).any(dim=1)).flatten())
+    torch.testing.assert_close(iou_all, iou)
+    torch.testing.assert_close(kept, low_res[rows])
+
+
+def test_generator_output_same_with_and_without_iou_first_decoding(tiny_model):
+    """Skipping the masks of points whose IoUs all fail changes nothing in the output."""
+
+    class DecodeOnly:  # the model without decode_where: every point's masks are decoded
+        def __init__(self, model):
+            self._m = model
+
+        def __getattr__(self, name):
+            if name == "decode_where":
+                raise AttributeError(name)
+            return getattr(self._m, name)
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # random weights predict IoUs near 0; lift them so a positive cut splits them
+        model.mask_decoder.iou_prediction_head.layers[-1].bias += 0.5
+    image = _image(64, 80, 3)
+    loose = {"stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "max_mask_area_ratio": None}
+    probe = AutomaticMaskGenerator(model, AmgParams(points_per_side=6, pred_iou_thresh=0.0, **loose))
+    scores = sorted(r["predicted_iou"] for r in probe.generate(image))
+    assert len(scores) >= 4 and scores[0] > 0
+    cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    params = AmgParams(points_per_side=6, pred_iou_thresh=cut, **loose)
+    fast = AutomaticMaskGenerator(model, params).generate(image)
+    plain = AutomaticMaskGenerator(DecodeOnly(model), params).generate(image)
+    assert fast and fast == plain

@@ -8,6 +8,8 @@ Crops are merged by NMS that prefers smaller crops; optional hole / island clean
 masks covering at least ``max_mask_area_ratio`` of the image are dropped last.
 
 Where it is faster than the reference algorithm, with the same result:
+- mask logits are decoded only for points with a mask that can pass the IoU filter (``Sam.decode_where``:
+  the IoU head reads only the IoU token);
 - only masks that pass the IoU filter are upsampled from the low-res logits (the filter needs no pixels),
   and only in the tiles where a cut-off is in doubt (:mod:`.upsample`); the rest are counted whole;
 - boxes, stability scores, edge filter and NMS are tensor ops over the batch (NMS without torchvision);
@@ -109,7 +111,7 @@ class _Canvas:
 
 def _as_model(model_or_predictor: object) -> torch.nn.Module:
     model = getattr(model_or_predictor, "model", model_or_predictor)
-    for name in ("image_encoder", "decode", "postprocess_masks", "preprocess"):
+    for name in ("image_encoder", "decode", "preprocess"):
         if not hasattr(model, name):
             raise TypeError(
                 f"expected a Sam model or a SamPredictor, got {type(model_or_predictor).__name__}"
@@ -233,13 +235,24 @@ class AutomaticMaskGenerator:
         p = self.params
         n = model_points.shape[0]
         labels = torch.ones(n, 1, dtype=torch.int64, device=model_points.device)
-        low_res, iou = self.model.decode(embedding, model_points[:, None, :], labels, multimask_output=True)
-        per_point = low_res.shape[1]
+        coords = model_points[:, None, :]
+        decode_where = getattr(self.model, "decode_where", None)
+        if p.pred_iou_thresh > 0.0 and decode_where is not None:
+            # Masks only for points with a mask that can pass the IoU filter (the IoU head needs no mask).
+            decoded, low_res, iou = decode_where(
+                embedding, coords, labels, lambda q: (q > p.pred_iou_thresh).any(dim=1)
+            )
+        else:
+            low_res, iou = self.model.decode(embedding, coords, labels, multimask_output=True)
+            decoded = torch.arange(n, device=low_res.device)
+        per_point = iou.shape[1]
+        # idx: flat (point * per_point + output) indices of the masks that pass; low_res rows follow ``decoded``.
+        idx = (decoded[:, None] * per_point + torch.arange(per_point, device=decoded.device)).flatten()
         low_res = low_res.flatten(0, 1)
         iou = iou.flatten(0, 1).float()
-        idx = torch.arange(low_res.shape[0], device=low_res.device)
         if p.pred_iou_thresh > 0.0:
-            idx = idx[iou > p.pred_iou_thresh]
+            passing = iou[idx] > p.pred_iou_thresh
+            idx, low_res = idx[passing], low_res[passing]
         if len(idx) == 0:
             return _Masks.empty()
         # Only the survivors of the IoU filter are upsampled, and only where a cut-off is in doubt.
@@ -247,7 +260,7 @@ class AutomaticMaskGenerator:
         geometry = TiledThreshold.cached(
             tuple(low_res.shape[-2:]), self.model.img_size, input_size, crop_size
         )
-        scan = geometry.scan(low_res[idx], (t - off, t, t + off))
+        scan = geometry.scan(low_res, (t - off, t, t + off))
         stab = scan.counts[:, 2].float() / scan.counts[:, 0].float()  # NaN when both are empty
         keep = scan.counts[:, 1] > 0  # an empty mask is no object
         if p.stability_score_thresh > 0.0:

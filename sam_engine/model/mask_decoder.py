@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -87,6 +89,41 @@ class MaskDecoder(nn.Module):
         An embedding from the hybrid encoder also carries its detail features (strides 8, 4 and, for 8x masks,
         2; see :mod:`~sam_engine.model.hybrid_encoder`), added to the upscaling layers as in SAM 2.
         """
+        hs, src, high_res = self._attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self._mask_logits(hs, src, high_res), self.iou_prediction_head(hs[:, 0, :])
+
+    def predict_masks_where(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`predict_masks`, with masks only for the prompts ``keep`` selects.
+
+        ``keep`` maps the IoU predictions (B x num_mask_tokens) to a (B,) bool. The IoU head reads only the
+        IoU token, so rejected prompts skip the upscaling and the hypernetwork product. Returns (rows (K,),
+        masks K x num_mask_tokens x 4hx4w of those rows, iou_pred of all B prompts).
+        """
+        hs, src, high_res = self._attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])
+        rows = torch.nonzero(keep(iou_pred)).flatten()
+        high_res = [d if d.shape[0] == 1 else d[rows] for d in high_res]
+        return rows, self._mask_logits(hs[rows], src[rows], high_res), iou_pred
+
+    def _attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The two-way transformer: (output tokens B x T x C, image tokens B x C x h x w, detail features)."""
         b = sparse_prompt_embeddings.shape[0]
         image_embeddings, high_res = split_high_res(image_embeddings, self.transformer_dim)
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -101,20 +138,19 @@ class MaskDecoder(nn.Module):
         if src.shape[0] != b:
             src = src.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
-
         hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        return hs, src.transpose(1, 2).reshape(b, c, h, w), high_res
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
+    def _mask_logits(self, hs: torch.Tensor, src: torch.Tensor, high_res: list[torch.Tensor]) -> torch.Tensor:
+        """Mask logits from the mask tokens' hypernetworks and the upscaled image tokens."""
+        b = hs.shape[0]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         upscaled = self._upscale(src, high_res)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         _, uc, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
-        iou_pred = self.iou_prediction_head(iou_token_out)
-        return masks, iou_pred
+        return (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, hyper_in.shape[1], uh, uw)
 
     def _upscale(self, src: torch.Tensor, detail: list[torch.Tensor]) -> torch.Tensor:
         """Upscale the decoder's image tokens 4x (8x), adding the detail features (coarse first) per layer."""

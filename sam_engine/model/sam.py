@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -97,6 +97,31 @@ class Sam(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
+
+    def decode_where(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`decode` for point prompts, computing mask logits only for the prompts ``keep`` selects.
+
+        ``keep`` maps the Bx{1|3} IoU predictions to a (B,) bool. Returns (rows (K,), Kx{1|3}x4hx4w logits of
+        those prompts, Bx{1|3} IoU of all). The automatic mask generator uses it to skip the upscaling for
+        prompts none of whose masks can pass its IoU filter.
+        """
+        sparse, dense = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        rows, masks, iou = self.mask_decoder.predict_masks_where(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            lambda all_iou: keep(all_iou[:, sel]),
+        )
+        return rows, masks[:, sel], iou[:, sel]
 
     def forward(
         self, batched_input: list[dict[str, Any]], multimask_output: bool
