@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(SAM_ENGINE_DATA_DIR)/dagster_home
 export MLFLOW_TRACKING_URI := sqlite:///$(SAM_ENGINE_DATA_DIR)/mlflow.db
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run ui test bench annotate backup lint mlflow-ui dagster-home chromium clean
+.PHONY: venv run ui test bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
 
 venv: $(VENV)/.installed
 
@@ -58,6 +58,15 @@ test: venv chromium
 
 bench: venv
 	$(PY) -m benchmarks.run_all
+
+# The official segment-anything package (needs torchvision) in its own venv, for the official-AMG comparison
+# (benchmarks/bench_official_amg.py) and the official-checkpoint fixture (tools/make_official_fixture.py).
+refenv: .refenv/.installed
+
+.refenv/.installed:
+	@test -x .refenv/bin/python || $(PYTHON) -m venv .refenv
+	.refenv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 segment-anything
+	@touch $@
 
 lint: venv
 	$(VENV)/bin/ruff check sam_engine assets jobs tests benchmarks tools
