@@ -116,9 +116,21 @@ def test_decoder_shared_or_per_prompt_embedding(tiny):
         emb = torch.randn(1, tiny.config.out_chans, 16, 16)
         coords = torch.rand(3, 1, 2) * 256
         labels = torch.ones(3, 1, dtype=torch.long)
-        shared, _ = tiny.decode(emb, coords, labels)
-        repeated, _ = tiny.decode(emb.expand(3, -1, -1, -1).contiguous(), coords, labels)
+        seen = []
+        hook = tiny.mask_decoder.transformer.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+        try:
+            shared, shared_iou = tiny.decode(emb, coords, labels)
+            repeated, repeated_iou = tiny.decode(emb.expand(3, -1, -1, -1).contiguous(), coords, labels)
+            masks_in = torch.randn(3, 1, 64, 64)
+            with_mask, _ = tiny.decode(emb, coords, labels, mask_input=masks_in)
+            with_mask_rep, _ = tiny.decode(emb.expand(3, -1, -1, -1), coords, labels, mask_input=masks_in)
+        finally:
+            hook.remove()
+        # One image, no mask inputs: the transformer sees the image tokens once and broadcasts them.
+        assert seen == [1, 3, 3, 3]
         torch.testing.assert_close(shared, repeated)
+        torch.testing.assert_close(shared_iou, repeated_iou)
+        torch.testing.assert_close(with_mask, with_mask_rep)
         with pytest.raises(ValueError, match="batch"):
             tiny.decode(emb.expand(2, -1, -1, -1), coords, labels)
 

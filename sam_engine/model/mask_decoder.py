@@ -134,9 +134,11 @@ class MaskDecoder(nn.Module):
             raise ValueError(
                 f"MaskDecoder: image_embeddings batch {image_embeddings.shape[0]} must be 1 or the prompt batch {b}"
             )
+        if image_embeddings.shape[0] == 1 and dense_prompt_embeddings.stride(0) == 0:
+            # One image and no mask inputs (the dense embedding is an expanded no-mask row): every prompt sees
+            # the same image tokens, so the transformer gets them once (batch 1) and broadcasts.
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]
         src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != b:
-            src = src.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
         return hs, src.transpose(1, 2).reshape(b, c, h, w), high_res

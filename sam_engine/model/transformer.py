@@ -32,6 +32,9 @@ class Attention(nn.Module):
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
+        if not q.shape[0] == k.shape[0] == v.shape[0]:  # a side shared by all prompts (batch 1) broadcasts
+            b = max(q.shape[0], k.shape[0], v.shape[0])
+            q, k, v = (t.expand(b, *t.shape[1:]) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
@@ -116,7 +119,11 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding/image_pe: BxCxhxw; point_embedding: BxNxC. Returns (queries BxNxC, keys Bx(hw)xC)."""
+        """image_embedding/image_pe: BxCxhxw; point_embedding: BxNxC. Returns (queries BxNxC, keys Bx(hw)xC).
+
+        ``image_embedding`` may have batch 1 when it is the same for every prompt: the first layer's image-side
+        projections are then computed once and broadcast (the image tokens differ per prompt after it).
+        """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
