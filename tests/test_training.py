@@ -361,6 +361,47 @@ def test_interactive_loss_trains_on_a_fixed_batch(corpus_a, config):
     assert all(p.grad is not None for p in m.model.image_encoder.parameters() if p.requires_grad)
 
 
+def test_ungraded_rounds_feed_later_clicks_without_gradients(corpus_a, monkeypatch):
+    """Ungraded rounds run between round 0 and the graded rounds under no_grad, each adding a point, so the
+    graded round sees as many clicks as the draw says; the draw is seeded and covers 0..max."""
+    from sam_engine.training.datamodule import MaskDataModule
+    from sam_engine.training.module import SamModule
+
+    sch = PromptSchedule(ungraded_rounds_max=3)
+    draws = [sch.ungraded_rounds(gen(i)) for i in range(40)]
+    assert set(draws) == {0, 1, 2, 3} and draws == [sch.ungraded_rounds(gen(i)) for i in range(40)]
+    assert PromptSchedule(ungraded_rounds_max=0).ungraded_rounds(gen(0)) == 0
+
+    torch.manual_seed(0)
+    m = SamModule(MICRO, schedule={"point_rounds": 1, "ungraded_rounds_max": 3})
+    dm = MaskDataModule(corpus_a, 64, batch_size=4, masks_per_image=2, val_fraction=0)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    calls = []
+    original = m.model.mask_decoder.predict_masks
+
+    def spy(emb, pe, sparse, dense):
+        calls.append((torch.is_grad_enabled(), sparse.shape[1]))
+        return original(emb, pe, sparse, dense)
+
+    monkeypatch.setattr(m.model.mask_decoder, "predict_masks", spy)
+    b_idx, k_idx = batch["valid"].nonzero(as_tuple=True)
+    ks = []
+    for seed in range(6):
+        calls.clear()
+        emb = m.encode(batch["image"], batch["size"])
+        out = m.interactive_loss(emb[b_idx], batch["masks"][b_idx, k_idx], batch["size"][b_idx], gen(seed))
+        out["loss"].backward()
+        k = len(calls) - 2
+        ks.append(k)
+        assert 0 <= k <= 3
+        assert [g for g, _ in calls] == [True] + [False] * k + [True]
+        # sparse tokens: 2 prompt slots at round 0 (+ SAM's padding point), one more per later round
+        tokens = [t for _, t in calls]
+        assert tokens == list(range(tokens[0], tokens[0] + k + 2))
+    assert max(ks) > 0  # the seeds drew some ungraded rounds
+
+
 # ---------------------------------------------------------------------------------------------- train_model
 
 FAST = {

@@ -156,10 +156,22 @@ class SamModule(L.LightningModule):
         prev_logits = torch.zeros_like(gt_low)
         totals, ious = [], []
         first = None
-        for r, adds_point in enumerate([True] + sch.rounds(generator)):
+        kinds = sch.rounds(generator)
+        graded = [True] + [False] * sch.ungraded_rounds(generator) + [True] * len(kinds)
+        adds = [True] * (len(graded) - len(kinds)) + kinds
+        for r, (adds_point, grad) in enumerate(zip(adds, graded, strict=True)):
             if r > 0 and adds_point:
                 xy, lab = error_points(prev_logits.detach() > 0, gt_low_bin, generator, scale=float(factor))
                 prompts = prompts.append(xy, lab)
+            if not grad:  # an ungraded round only moves the prompts and the fed-back logits on
+                with torch.no_grad():
+                    sparse, dense = model.prompt_encoder(
+                        points=(prompts.coords, prompts.labels), boxes=None, masks=mask_input
+                    )
+                    logits, _ = model.mask_decoder.predict_masks(embeddings, pe, sparse, dense)
+                prev_logits = logits[:, 0]
+                mask_input = prev_logits[:, None]
+                continue
             sparse, dense = model.prompt_encoder(
                 points=(prompts.coords, prompts.labels), boxes=None, masks=mask_input
             )

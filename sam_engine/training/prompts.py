@@ -25,11 +25,15 @@ class PromptSchedule:
 
     ``point_rounds`` rounds each add an error-region point; ``mask_only_rounds`` rounds add none. SAM uses 8
     point rounds and 2 mask-only rounds (one placed at random among the point rounds, one last); fewer
-    rounds train faster on a CPU.
+    rounds train faster on a CPU. ``ungraded_rounds_max``: before those rounds, a step runs a seeded number
+    (0 to this many) of extra point rounds without gradients or loss, so the trained rounds also see the
+    third, fourth, ... click with fed-back logits, as the click protocol and annotators use the model, at
+    a forward pass each instead of a forward and backward pass.
     """
 
     point_rounds: int = 1
     mask_only_rounds: int = 0
+    ungraded_rounds_max: int = 4
     box_prob: float = 0.25
     box_noise_frac: float = 0.1
     box_noise_max: float = 20.0
@@ -45,6 +49,12 @@ class PromptSchedule:
             extra -= 1
         kinds.extend([False] * extra)
         return kinds
+
+    def ungraded_rounds(self, generator: torch.Generator) -> int:
+        """How many ungraded point rounds this step runs (seeded, uniform in 0..``ungraded_rounds_max``)."""
+        if self.ungraded_rounds_max <= 0:
+            return 0
+        return int(torch.randint(0, self.ungraded_rounds_max + 1, (1,), generator=generator))
 
 
 def sample_uniform(region: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
