@@ -43,6 +43,11 @@ class CorpusConfig(_Section):
 class ModelSection(_Section):
     name: str = "tiny"  # a key of sam_engine.model.MODEL_CONFIGS
     checkpoint: str | None = None  # optional starting checkpoint (own format or official SAM)
+    # Clicks after the first are answered on a crop around the object (sam_engine/zoom.py), and the first
+    # click's best mask is refined once there; evaluations, annotation sessions and simulated annotators all
+    # use it. Off: SAM's single pass on the whole image.
+    zoom_in: bool = True
+    zoom_expansion: float = Field(1.7, ge=1.0)
 
 
 class TrainSection(_Section):

@@ -43,10 +43,12 @@ def _dataset_dirs(values: list[str] | None, data_dir: Path) -> dict[str, Path | 
     return [_folder(v) for v in values]
 
 
-def load_predictor(checkpoint: Path | None, model: str, random_init: bool, seed: int = 0) -> object:
-    """A ``SamPredictor`` over a checkpoint (own format or official SAM) or, with ``random_init``, an untrained
-    model of the named configuration."""
-    from sam_engine.predictor import SamPredictor
+def load_predictor(
+    checkpoint: Path | None, model: str, random_init: bool, seed: int = 0, zoom: bool = True
+) -> object:
+    """The interactive predictor (``sam_engine.zoom``; ``zoom`` off: a plain ``SamPredictor``) over a checkpoint
+    (own format or official SAM) or, with ``random_init``, an untrained model of the named configuration."""
+    from sam_engine.zoom import interactive_predictor
 
     if checkpoint is not None:
         from sam_engine.model.checkpoint import load_model
@@ -62,7 +64,7 @@ def load_predictor(checkpoint: Path | None, model: str, random_init: bool, seed:
     else:
         raise SystemExit("give --checkpoint PATH, or --random-init to serve an untrained model")
     sam.eval()
-    return SamPredictor(sam)
+    return interactive_predictor(sam, zoom=zoom)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -85,7 +87,9 @@ def _serve(args: argparse.Namespace) -> None:
     )
     dirs = _dataset_dirs(args.dataset_dir, data_dir)
     cache_dir = storage.data_cache_dir(data_dir)  # local copies of images in remote dataset folders
-    predictor = load_predictor(args.checkpoint, args.model, args.random_init, args.seed)
+    predictor = load_predictor(
+        args.checkpoint, args.model, args.random_init, args.seed, zoom=not args.no_zoom
+    )
     resolver = ImageResolver(store, dirs, cache_dir=cache_dir)
     service = SegmentationService(predictor, resolver.load, cache_size=args.cache_size)
     app = create_app(
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--checkpoint", type=Path, default=None)
     serve.add_argument("--model", default="tiny", help="model configuration for --random-init")
     serve.add_argument("--random-init", action="store_true", help="serve an untrained model (tests, demos)")
+    serve.add_argument(
+        "--no-zoom", action="store_true", help="answer clicks on the whole image only (no zoom-in refinement)"
+    )
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--cache-size", type=int, default=16, help="images whose embeddings stay cached")
     serve.add_argument("--rate", type=float, default=50.0, help="WebSocket messages per second per client")

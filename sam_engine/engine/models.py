@@ -109,6 +109,7 @@ def train_version(
             mlflow=ws.tracking,
             val_max_objects=cfg.eval.public_val_objects,
             final_eval_clicks=cfg.eval.max_clicks,
+            zoom_eval=cfg.model.zoom_in,
             run_name=name,
             tags={"engine_model": name, "train_key": key},
             **common,

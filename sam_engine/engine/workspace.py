@@ -192,6 +192,8 @@ class Workspace:
         return model
 
     def predictor(self, ref: ModelRef | str | Path):
-        from ..predictor import SamPredictor
+        """The interactive predictor of ``ref`` (zoomed in when ``model.zoom_in``)."""
+        from ..zoom import interactive_predictor
 
-        return SamPredictor(self.load_model(ref))
+        m = self.cfg.model
+        return interactive_predictor(self.load_model(ref), zoom=m.zoom_in, expansion=m.zoom_expansion)

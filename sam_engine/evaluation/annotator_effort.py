@@ -182,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--annotator", choices=sorted(PROFILES), default="reference")
     parser.add_argument("--min-area", type=int, default=16)
+    parser.add_argument("--no-zoom", action="store_true", help="plain SamPredictor (no zoom-in refinement)")
     parser.add_argument("--profile", default=None, help="engine config profile (default $SAM_ENGINE_PROFILE)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..data.corpora import load_gold
     from ..device import resolve_device
     from ..model.checkpoint import load_model
-    from ..predictor import EmbeddingCache, SamPredictor
+    from ..predictor import EmbeddingCache
+    from ..zoom import interactive_predictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.to(device).eval()
         with torch.inference_mode():
             results[name] = measure_effort(
-                SamPredictor(model, cache=EmbeddingCache(4)),
+                interactive_predictor(model, cache=EmbeddingCache(16), zoom=not args.no_zoom),
                 gold,
                 profile,
                 max_objects=args.objects,

@@ -188,10 +188,13 @@ def run_benchmark(
     return summary
 
 
-def load_predictor(checkpoint: str | Path | None, model: str = "tiny", device: str = "cpu") -> Any:
-    """A :class:`SamPredictor` over a checkpoint (own format or official SAM), or an untrained ``model``."""
+def load_predictor(
+    checkpoint: str | Path | None, model: str = "tiny", device: str = "cpu", zoom: bool = True
+) -> Any:
+    """The interactive predictor (``sam_engine.zoom``; ``zoom`` off: SAM's single pass) over a checkpoint (own
+    format or official SAM), or an untrained ``model``."""
     from ..model import build_sam
-    from ..predictor import SamPredictor
+    from ..zoom import interactive_predictor
 
     if checkpoint is None:
         sam = build_sam(model, seed=0)
@@ -200,7 +203,7 @@ def load_predictor(checkpoint: str | Path | None, model: str = "tiny", device: s
 
         sam = load_model(checkpoint)
     sam.eval().to(device)
-    return SamPredictor(sam)
+    return interactive_predictor(sam, zoom=zoom)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,10 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-objects", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--no-zoom", action="store_true", help="SAM's single pass on the whole image (no zoom-in)"
+    )
     args = ap.parse_args(argv)
     protocol = ClickProtocol(max_clicks=args.max_clicks, multimask=args.multimask)
     try:
-        predictor = load_predictor(args.checkpoint, args.model, args.device)
+        predictor = load_predictor(args.checkpoint, args.model, args.device, zoom=not args.no_zoom)
         summary = run_benchmark(
             predictor,
             args.images,

@@ -82,10 +82,16 @@ def _step_of(ckpt: Path) -> int | None:
 
 
 def final_evaluation(
-    model: torch.nn.Module, dm: MaskDataModule, max_clicks: int = 20
+    model: torch.nn.Module, dm: MaskDataModule, max_clicks: int = 20, zoom: bool = True
 ) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]]]:
-    """Click-protocol metrics on the validation slice, and a few overlay samples (image, 3-click mask, clicks)."""
+    """Click-protocol metrics on the validation slice, and a few overlay samples (image, 3-click mask, clicks).
+
+    The protocol runs with the engine's interactive predictor (``zoom``: zoomed in, ``sam_engine/zoom.py``);
+    with ``zoom`` the model alone (one pass on the whole image) is scored on the first click as well, as
+    ``val/single_pass_miou@1`` and ``val/single_pass_oracle_miou@1``.
+    """
     from ..predictor import EmbeddingCache, SamPredictor
+    from ..zoom import interactive_predictor
 
     objects = [o for group in dm.val_groups for o in group]
     if not objects:
@@ -95,9 +101,13 @@ def final_evaluation(
     try:
         protocol = ClickProtocol(max_clicks=max_clicks)
         with torch.no_grad():
-            df = evaluate_objects(SamPredictor(model, cache=EmbeddingCache(4)), objects, protocol)
+            predictor = interactive_predictor(model, cache=EmbeddingCache(8), zoom=zoom)
+            df = evaluate_objects(predictor, objects, protocol)
+            single = None
+            if zoom:
+                one = ClickProtocol(max_clicks=1, report_clicks=(1,), thresholds=())
+                single = evaluate_objects(SamPredictor(model, cache=EmbeddingCache(4)), objects, one)
             samples = []
-            predictor = SamPredictor(model, cache=EmbeddingCache(1))
             for obj in objects[:6]:
                 image = obj.image() if callable(obj.image) else obj.image
                 gt = obj.gt() if callable(obj.gt) else obj.gt
@@ -108,6 +118,10 @@ def final_evaluation(
         model.train(was_training)
     summary = summarize(df, protocol)
     metrics = {f"val/{k}": v for k, v in summary.items() if isinstance(v, int | float)}
+    if single is not None:
+        one_summary = summarize(single, one)
+        metrics["val/single_pass_miou@1"] = one_summary["miou@1"]
+        metrics["val/single_pass_oracle_miou@1"] = one_summary["oracle_miou@1"]
     return metrics, samples
 
 
@@ -139,6 +153,7 @@ def train_model(
     val_every_n_steps: int = 200,
     checkpoint_every_n_steps: int = 25,
     final_eval_clicks: int = 20,
+    zoom_eval: bool = True,
     accelerator: str = "auto",
     precision: str = "32-true",
     gradient_clip_val: float | None = 1.0,
@@ -263,7 +278,7 @@ def train_model(
     train_seconds = time.perf_counter() - t0
     trainer.save_checkpoint(str(last))
 
-    metrics, samples = final_evaluation(module.model, dm, final_eval_clicks)
+    metrics, samples = final_evaluation(module.model, dm, final_eval_clicks, zoom=zoom_eval)
     metrics.update(
         {
             "train/steps": float(trainer.global_step),
