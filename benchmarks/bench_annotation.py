@@ -1,7 +1,8 @@
 """Click-to-mask latency of the annotation server over a real WebSocket, against the in-process session call.
 
-Setup: pool-like scenes (``sam_engine.data.synthetic.pool_scene``), the tiny model with random weights (the
-latency does not depend on the weights), the server in a subprocess on a loopback port (this file with
+Setup: pool-like scenes (``sam_engine.data.synthetic.pool_scene``), the server's zoom-in predictor over the
+checkpoint in ``SAM_ENGINE_BENCH_CHECKPOINT`` (for instance ``data/models/model_v0/model.pt`` after ``make run``)
+or the tiny model with random weights (``SAM_ENGINE_BENCH_ZOOM=0``: SAM's single pass), the server in a subprocess on a loopback port (this file with
 ``--serve``, which builds the same app as ``python -m sam_engine.annotation``), clients with
 ``websockets``' sync API in this process.
 
@@ -47,17 +48,31 @@ TORCH_THREADS = 1  # as the server's --torch-threads default; baseline and serve
 
 # ------------------------------------------------------------------------------------------- setup
 def _predictor() -> tuple[object, str]:
-    """The real predictor over an untrained tiny model; the tests' fake predictor if there is none yet."""
+    """The server's predictor (zoom-in on, as ``python -m sam_engine.annotation serve``) over the checkpoint in
+    ``SAM_ENGINE_BENCH_CHECKPOINT`` or an untrained tiny model; the tests' fake predictor if there is none yet.
+
+    With zoom-in the weights matter: a trained model's object-sized masks make later clicks answer on crops
+    (an encoder pass whenever the crop moves), an untrained model's image-sized masks rarely do.
+    """
     try:
-        from sam_engine.predictor import SamPredictor
+        from sam_engine.zoom import interactive_predictor
     except ImportError:
         sys.path.insert(0, str(REPO / "tests"))
         from annotation_fixtures import FakePredictor
 
         return FakePredictor(), "fake (sam_engine.predictor missing)"
-    from sam_engine.model import build_sam
+    checkpoint = os.environ.get("SAM_ENGINE_BENCH_CHECKPOINT")
+    zoom = os.environ.get("SAM_ENGINE_BENCH_ZOOM", "1") != "0"
+    suffix = ", zoom-in" if zoom else ", single pass"
+    if checkpoint:
+        from sam_engine.model.checkpoint import load_model
 
-    return SamPredictor(build_sam("tiny", seed=0).eval()), "tiny (random init)"
+        model, name = load_model(checkpoint).eval(), Path(checkpoint).parent.name
+    else:
+        from sam_engine.model import build_sam
+
+        model, name = build_sam("tiny", seed=0).eval(), "tiny (random init)"
+    return interactive_predictor(model, zoom=zoom), name + suffix
 
 
 def _make_data(root: Path, n_images: int) -> tuple[dict[str, str], dict[str, list[int]], dict[int, list]]:

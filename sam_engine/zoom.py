@@ -15,8 +15,8 @@ contract, so the click protocol, the annotation sessions and the simulated annot
 - the first click (no fed-back mask) is answered on the whole image; with ``refine_first`` its most confident
   output is then refined once on the crop around it (the same click, that output as mask input), so even a
   single click gets the zoomed resolution;
-- crop embeddings live in the wrapped predictor's :class:`~sam_engine.predictor.EmbeddingCache` under
-  ``(image_key, crop box)``; crop boxes snap outwards to a ``snap`` px grid, so small changes of the mask reuse
+- crop embeddings live in their own :class:`~sam_engine.predictor.EmbeddingCache` (``crop_cache``, 256
+  entries by default, apart from the whole-image cache) under ``(image_key, crop box)``; crop boxes snap outwards to a ``snap`` px grid, so small changes of the mask reuse
   the same crop.
 """
 
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_engine.model.sam import Sam
 from sam_engine.model.transforms import preprocess_shape
-from sam_engine.predictor import SamPredictor
+from sam_engine.predictor import EmbeddingCache, SamPredictor
 
 OUTSIDE_LOGIT = -20.0  # logit given to pixels outside the crop (and to the padding of a fed-back crop mask)
 
@@ -85,13 +86,14 @@ class ZoomPredictor:
         snap: int = 16,
         refine_first: bool = True,
         max_crop_fraction: float = 0.8,
+        crop_cache: EmbeddingCache | None = None,
     ) -> None:
         if expansion < 1.0:
             raise ValueError(f"ZoomPredictor: expansion {expansion} must be >= 1")
         self.base = predictor
         self.model = predictor.model
-        # the crops' predictor shares the cache (keys carry the crop box)
-        self._crop = SamPredictor(predictor.model, cache=predictor.cache)
+        # crops get their own cache, so they never push whole-image embeddings (which sessions count on) out
+        self._crop = SamPredictor(predictor.model, cache=crop_cache or EmbeddingCache(256))
         self.expansion = expansion
         self.min_size = min_size
         self.snap = max(1, snap)
@@ -223,8 +225,8 @@ class ZoomPredictor:
 
 
 def interactive_predictor(
-    model,
-    cache=None,
+    model: Sam,
+    cache: EmbeddingCache | None = None,
     zoom: bool = True,
     expansion: float = 1.7,
 ) -> SamPredictor | ZoomPredictor:

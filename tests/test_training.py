@@ -435,11 +435,6 @@ def _evaluate(checkpoint, corpus):
     return summary
 
 
-@pytest.mark.xfail(
-    reason="fine-tune gain at smoke scale is within noise until v0 training learns faster "
-    "(issue: model); kept running so a pass shows up",
-    strict=False,
-)
 def test_train_then_finetune_on_domain_b_improves_and_is_tracked(tmp_path, corpus_a, corpus_b):
     from sam_engine.model.checkpoint import read_checkpoint
     from sam_engine.tracking import TrackingSettings
