@@ -148,13 +148,7 @@ class ZoomPredictor:
                 masks, low = masks.copy(), low.copy()
                 masks[best], low[best] = refined[0][0], refined[2][0]
             return (masks if return_logits else masks > self.model.mask_threshold), scores, low
-        mask_arr = np.asarray(mask_input, dtype=np.float32)
-        low_size = tuple(self.model.prompt_encoder.mask_input_size)
-        if mask_arr.shape != (1, *low_size):
-            raise ValueError(
-                f"predict: mask_input must be (1, {low_size[0]}, {low_size[1]}), got {mask_arr.shape}"
-            )
-        focus = self._full_logits(mask_arr[0])
+        focus = self._mask_focus(mask_input, self._image.shape[:2])
         out = self._zoomed(point_coords, point_labels, box, focus, multimask_output)
         if out is None:
             return self.base.predict(
@@ -176,15 +170,10 @@ class ZoomPredictor:
         image = self._image
         assert image is not None
         h, w = image.shape[:2]
-        points = np.asarray(point_coords, dtype=np.float64) if point_coords is not None else None
-        if box is not None:
-            b = np.asarray(box, dtype=np.float64).reshape(2, 2)
-            points = b if points is None else np.concatenate([points, b])
-        x0, y0, x1, y1 = zoom_box(
-            focus_logits > self.model.mask_threshold, points, (h, w), self.expansion, self.min_size, self.snap
-        )
-        if (x1 - x0) >= self.max_crop_fraction * w and (y1 - y0) >= self.max_crop_fraction * h:
-            return None  # the object fills the image: nothing to gain
+        crop = self._crop_of((h, w), point_coords, box, focus_logits)
+        if crop is None:
+            return None
+        x0, y0, x1, y1 = crop
         key = self.base.image_key
         crop_key = None if key is None else ("zoom", key, (x0, y0, x1, y1))
         if crop_key is None or not self._crop.is_image_set or self._crop.image_key != crop_key:
@@ -215,13 +204,42 @@ class ZoomPredictor:
         low = self.model.prompt_encoder.mask_input_size
         return F.interpolate(canvas, low, mode="bilinear", align_corners=False, antialias=True)[0].numpy()
 
-    def _full_logits(self, low_res: np.ndarray) -> np.ndarray:
-        """Full-frame low-res logits (4e, 4e) to logits at image size (SAM's postprocessing)."""
-        assert self.base.input_size is not None and self.base.original_size is not None
+    def _full_logits(self, low_res: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """Full-frame low-res logits (4e, 4e) to logits at ``image_size`` (SAM's postprocessing)."""
+        input_size = preprocess_shape(image_size[0], image_size[1], self.model.img_size)
         t = torch.as_tensor(low_res, dtype=torch.float32, device=self.model.device)[None, None]
         with torch.inference_mode():
-            up = self.model.postprocess_masks(t, self.base.input_size, self.base.original_size)
+            up = self.model.postprocess_masks(t, input_size, image_size)
         return up[0, 0].cpu().numpy()
+
+    def _mask_focus(self, mask_input: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        mask_arr = np.asarray(mask_input, dtype=np.float32)
+        low_size = tuple(self.model.prompt_encoder.mask_input_size)
+        if mask_arr.shape != (1, *low_size):
+            raise ValueError(
+                f"predict: mask_input must be (1, {low_size[0]}, {low_size[1]}), got {mask_arr.shape}"
+            )
+        return self._full_logits(mask_arr[0], image_size)
+
+    def _crop_of(
+        self,
+        image_size: tuple[int, int],
+        point_coords: np.ndarray | None,
+        box: np.ndarray | None,
+        focus_logits: np.ndarray,
+    ) -> tuple[int, int, int, int] | None:
+        """The crop box for these prompts around ``focus_logits``; None when the object fills the image."""
+        h, w = image_size
+        points = np.asarray(point_coords, dtype=np.float64) if point_coords is not None else None
+        if box is not None:
+            b = np.asarray(box, dtype=np.float64).reshape(2, 2)
+            points = b if points is None else np.concatenate([points, b])
+        x0, y0, x1, y1 = zoom_box(
+            focus_logits > self.model.mask_threshold, points, (h, w), self.expansion, self.min_size, self.snap
+        )
+        if (x1 - x0) >= self.max_crop_fraction * w and (y1 - y0) >= self.max_crop_fraction * h:
+            return None  # the object fills the image: nothing to gain
+        return x0, y0, x1, y1
 
 
 def interactive_predictor(

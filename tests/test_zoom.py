@@ -111,7 +111,7 @@ def test_round_trip_of_the_low_res_frame(model):
     zoom.set_image(img)
     mask = _disk(200, 300, 150, 100, 40)
     low = zoom._low_res_of(np.where(mask, 10.0, -10.0).astype(np.float32))
-    back = zoom._full_logits(low[0]) > 0
+    back = zoom._full_logits(low[0], (200, 300)) > 0
     inter, union = (back & mask).sum(), (back | mask).sum()
     assert inter / union > 0.95
 
