@@ -16,8 +16,8 @@ contract, so the click protocol, the annotation sessions and the simulated annot
   output is then refined once on the crop around it (the same click, that output as mask input), so even a
   single click gets the zoomed resolution;
 - crop embeddings live in their own :class:`~sam_engine.predictor.EmbeddingCache` (``crop_cache``, 256
-  entries by default, apart from the whole-image cache) under ``(image_key, crop box)``; crop boxes snap outwards to a ``snap`` px grid, so small changes of the mask reuse
-  the same crop.
+  entries by default, apart from the whole-image cache) under ``(image_key, crop box)``; crop boxes snap
+  outwards to a ``snap`` px grid, so small changes of the mask reuse the same crop.
 """
 
 from __future__ import annotations
