@@ -185,6 +185,9 @@ def build_report(
         if c in annotators.columns
     ]
     ann = annotators[ann_cols] if len(annotators) else annotators
+    predictor_desc = (
+        f"with zoom-in, {ws.cfg.model.zoom_expansion:g}x" if ws.cfg.model.zoom_in else "in a single pass"
+    )
     text = "\n".join(
         [
             f"== sam-engine report ({ws.cfg.profile} profile, data in {ws.cfg.data_dir}) ==",
@@ -194,7 +197,7 @@ def build_report(
             f"stage-3 masks per image {s3_per_image:.1f} vs gold whole objects per image {gold_per_image:.1f} "
             f"(ratio {s3_per_image / max(gold_per_image, 1e-9):.2f}); QA good share {summary['stage3_qa_good_share']:.3f}",
             "",
-            "Models on the gold set (held out)",
+            f"Models on the gold set (held out; clicks answered {predictor_desc})",
             _text_table(models),
             "",
             "Region coverage",
@@ -208,7 +211,7 @@ def build_report(
         [
             "### Stages",
             _md_table(stages),
-            "### Models on the gold set",
+            f"### Models on the gold set (clicks answered {predictor_desc})",
             _md_table(models),
             models_chart(models),
             "### Region coverage",
