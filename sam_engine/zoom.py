@@ -83,7 +83,7 @@ class ZoomPredictor:
         predictor: SamPredictor,
         expansion: float = 1.7,
         min_size: int = 48,
-        snap: int = 16,
+        snap: int = 32,
         refine_first: bool = True,
         max_crop_fraction: float = 0.8,
         crop_cache: EmbeddingCache | None = None,
@@ -93,7 +93,9 @@ class ZoomPredictor:
         self.base = predictor
         self.model = predictor.model
         # crops get their own cache, so they never push whole-image embeddings (which sessions count on) out
-        self._crop = SamPredictor(predictor.model, cache=crop_cache or EmbeddingCache(256))
+        self._crop = SamPredictor(
+            predictor.model, cache=crop_cache if crop_cache is not None else EmbeddingCache(256)
+        )
         self.expansion = expansion
         self.min_size = min_size
         self.snap = max(1, snap)
@@ -251,3 +253,26 @@ def interactive_predictor(
     """The predictor the engine answers clicks with: a :class:`SamPredictor`, zoomed in unless ``zoom`` is off."""
     base = SamPredictor(model, cache=cache)
     return ZoomPredictor(base, expansion=expansion) if zoom else base
+
+
+def predictor_lanes(
+    model: Sam,
+    lanes: int,
+    zoom: bool = True,
+    expansion: float = 1.7,
+    cache: EmbeddingCache | None = None,
+) -> list[SamPredictor | ZoomPredictor]:
+    """``lanes`` interactive predictors over one model, sharing the whole-image embedding cache (``cache``; the
+    process-wide default when None) and one crop cache.
+
+    For :class:`~sam_engine.annotation.session.SegmentationService`: each lane answers one call at a time, so
+    N lanes answer N concurrent annotators at once.
+    """
+    if lanes < 1:
+        raise ValueError(f"predictor_lanes: lanes {lanes} must be >= 1")
+    crops = EmbeddingCache(256)
+    out: list[SamPredictor | ZoomPredictor] = []
+    for _ in range(lanes):
+        base = SamPredictor(model, cache=cache)
+        out.append(ZoomPredictor(base, expansion=expansion, crop_cache=crops) if zoom else base)
+    return out

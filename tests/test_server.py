@@ -542,6 +542,14 @@ def test_cli_add_annotator_prints_a_working_token(tmp_path: Path, capsys: pytest
         _dataset_dirs(["pool=/a", "/b"], tmp_path)
 
 
+def test_default_lanes_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sam_engine.annotation import __main__ as cli
+
+    for cores, threads, lanes in [(2, 1, 2), (1, 1, 1), (16, 1, 4), (8, 4, 2), (2, 4, 1), (None, 1, 1)]:
+        monkeypatch.setattr(cli.os, "cpu_count", lambda c=cores: c)
+        assert cli.default_lanes(threads) == lanes
+
+
 def test_cli_serves_the_real_model(tmp_path: Path) -> None:
     pytest.importorskip("sam_engine.predictor")
     import httpx

@@ -200,3 +200,49 @@ def test_real_tiny_model_session(scenes: dict) -> None:
     r2 = s.add_point(90.5, 60.5, positive=False)
     assert r2.masks.shape == (3, 96, 128) and r2.clicks == 2
     assert s.undo() is r1
+
+
+class _BarrierPredictor(FakePredictor):
+    """A fake whose ``predict`` waits until ``parties`` calls are inside it at once (or times out)."""
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        super().__init__()
+        self.barrier = barrier
+
+    def predict(self, *args, **kwargs):
+        self.barrier.wait(timeout=5)
+        return super().predict(*args, **kwargs)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lanes_answer_concurrent_calls_at_once(scenes: dict, lanes: int) -> None:
+    """With two lanes two sessions' clicks are inside the predictor together; one lane serialises them."""
+    barrier = threading.Barrier(2)
+    svc = SegmentationService(
+        [_BarrierPredictor(barrier) for _ in range(lanes)], lambda i: scenes[i][0], cache_size=4
+    )
+    sessions = {i: svc.open_session(i) for i in (1, 2)}
+    outcome: dict[int, object] = {}
+
+    def click(i: int) -> None:
+        try:
+            outcome[i] = sessions[i].add_point(*_inside(scenes[i][1]["disc"]), positive=True).mask
+        except threading.BrokenBarrierError as exc:
+            outcome[i] = exc
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if lanes == 2:
+        assert all(isinstance(outcome[i], np.ndarray) and outcome[i].any() for i in (1, 2))
+        assert all(isinstance(p._feats, np.ndarray) for p in svc.lanes)  # each lane set its own image
+    else:
+        assert any(isinstance(v, threading.BrokenBarrierError) for v in outcome.values())
+    svc.close()
+
+
+def test_lanes_need_a_predictor() -> None:
+    with pytest.raises(ValueError, match="at least one predictor"):
+        SegmentationService([], lambda i: np.zeros((4, 4, 3), np.uint8))

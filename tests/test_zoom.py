@@ -152,3 +152,24 @@ def test_bad_mask_input_is_a_clear_error_and_factory_switch(model):
         zoom.predict(np.array([[1.0, 1.0]]), np.array([1]), None, np.zeros((1, 32, 32), np.float32))
     with pytest.raises(ValueError, match="expansion"):
         ZoomPredictor(SamPredictor(model), expansion=0.5)
+
+
+def test_predictor_lanes_share_caches_and_answer_alike(model):
+    """Lanes over one model share the whole-image and crop caches: a crop one lane encoded is a hit for the
+    other, and both answer the same clicks with the same masks."""
+    from sam_engine.zoom import predictor_lanes
+
+    img = _image(seed=5)
+    a, b = predictor_lanes(model, 2, cache=EmbeddingCache(4))
+    assert a.base.cache is b.base.cache and a._crop.cache is b._crop.cache
+    pts, labels = np.array([[120.0, 75.0]]), np.array([1])
+    fed_back = a._low_res_of(np.where(_disk(200, 300, 120, 75, 20), 5.0, -5.0))  # a small object's logits
+    a.set_image(img, image_key="lane")
+    ma, sa, _ = a.predict(pts, labels, None, fed_back)
+    b.set_image(img, image_key="lane")
+    mb, sb, _ = b.predict(pts, labels, None, fed_back)
+    assert a.stats["crop_encodes"] == 1 and b.stats["crop_encodes"] == 0  # b reused a's crop embedding
+    assert np.array_equal(ma, mb) and np.allclose(sa, sb)
+    assert [type(p) for p in predictor_lanes(model, 3, zoom=False)] == [SamPredictor] * 3
+    with pytest.raises(ValueError, match="lanes"):
+        predictor_lanes(model, 0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,11 +45,17 @@ def _dataset_dirs(values: list[str] | None, data_dir: Path) -> dict[str, Path | 
 
 
 def load_predictor(
-    checkpoint: Path | None, model: str, random_init: bool, seed: int = 0, zoom: bool = True
-) -> object:
-    """The interactive predictor (``sam_engine.zoom``; ``zoom`` off: a plain ``SamPredictor``) over a checkpoint
-    (own format or official SAM) or, with ``random_init``, an untrained model of the named configuration."""
-    from sam_engine.zoom import interactive_predictor
+    checkpoint: Path | None,
+    model: str,
+    random_init: bool,
+    seed: int = 0,
+    zoom: bool = True,
+    lanes: int = 1,
+) -> list[object]:
+    """``lanes`` interactive predictors (``sam_engine.zoom``; ``zoom`` off: plain ``SamPredictor`` s) over one
+    checkpoint (own format or official SAM) or, with ``random_init``, an untrained model of the named
+    configuration."""
+    from sam_engine.zoom import predictor_lanes
 
     if checkpoint is not None:
         from sam_engine.model.checkpoint import load_model
@@ -64,7 +71,13 @@ def load_predictor(
     else:
         raise SystemExit("give --checkpoint PATH, or --random-init to serve an untrained model")
     sam.eval()
-    return interactive_predictor(sam, zoom=zoom)
+    return predictor_lanes(sam, lanes, zoom=zoom)
+
+
+def default_lanes(torch_threads: int) -> int:
+    """One lane per ``torch_threads`` CPU cores, at most 4 (more lanes than cores only add contention)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(4, cores // max(1, torch_threads)))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -88,7 +101,12 @@ def _serve(args: argparse.Namespace) -> None:
     dirs = _dataset_dirs(args.dataset_dir, data_dir)
     cache_dir = storage.data_cache_dir(data_dir)  # local copies of images in remote dataset folders
     predictor = load_predictor(
-        args.checkpoint, args.model, args.random_init, args.seed, zoom=not args.no_zoom
+        args.checkpoint,
+        args.model,
+        args.random_init,
+        args.seed,
+        zoom=not args.no_zoom,
+        lanes=args.lanes if args.lanes > 0 else default_lanes(args.torch_threads),
     )
     resolver = ImageResolver(store, dirs, cache_dir=cache_dir)
     service = SegmentationService(predictor, resolver.load, cache_size=args.cache_size)
@@ -168,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="intra-op threads for the model (1 keeps click latency steady on a busy CPU; 0: torch's default)",
+    )
+    serve.add_argument(
+        "--lanes",
+        type=int,
+        default=0,
+        help="predictors answering clicks in parallel (0: one per --torch-threads CPU cores, at most 4)",
     )
     serve.add_argument("--access-log", action="store_true")
     serve.add_argument("--log-level", default="info")

@@ -11,15 +11,18 @@ Contract (others build on it; keep it stable)::
     session.choose(index); session.current_mask() -> (H,W) bool; session.reset(); session.elapsed_seconds()
 
 ``predictor`` is a :class:`sam_engine.predictor.SamPredictor` (or anything with its ``set_image(img,
-image_key=)`` / ``predict(point_coords, point_labels, box, mask_input, multimask_output)`` interface);
+image_key=)`` / ``predict(point_coords, point_labels, box, mask_input, multimask_output)`` interface), or a
+list of them: *lanes* over one model and shared embedding caches (see :func:`sam_engine.zoom.predictor_lanes`);
 ``image_loader(image_id) -> HxWx3 uint8``. Coordinates are original-image pixels, x right, y down.
 Each click sends every prompt so far plus the previous low-res logits of the selected mask (SAM's iterative
 refinement); the selected mask is the highest-scoring one until :meth:`AnnotationSession.choose` picks another.
 ``clicks`` counts prompts given since the session opened or was last reset, undone ones included (effort);
 ``elapsed_seconds`` runs from the same moment. A bad prompt raises :class:`PromptError` (a ``ValueError``).
 
-One predictor serves every session of the process: a lock serialises ``set_image`` + ``predict`` and the
-prefetch thread, so an interactive call waits at most for one background encoding.
+The lanes serve every session of the process. A call takes a free lane for its ``set_image`` + ``predict``
+(the prefetch thread too), so with N lanes N calls run at once (torch releases the GIL) and an interactive
+call waits for a background encoding only when every lane is busy. One lane per CPU core, each with one torch
+thread, answers concurrent annotators faster than one lane with several threads.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,18 +70,26 @@ class SegmentationService:
     """Owns the predictor for a process: image and embedding caches, background prefetch, session factory."""
 
     def __init__(
-        self, predictor: Any, image_loader: Callable[[int], np.ndarray], cache_size: int = 16
+        self,
+        predictor: Any | Sequence[Any],
+        image_loader: Callable[[int], np.ndarray],
+        cache_size: int = 16,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
-        self.predictor = predictor
+        self.lanes: list[Any] = list(predictor) if isinstance(predictor, list | tuple) else [predictor]
+        if not self.lanes:
+            raise ValueError("SegmentationService needs at least one predictor")
+        self.predictor = self.lanes[0]
         self.image_loader = image_loader
         self.cache_size = cache_size
-        self._lock = threading.RLock()  # guards the predictor and `_current`
+        self._free: queue.LifoQueue[int] = queue.LifoQueue()  # idle lanes; the most recent one first
+        for lane in range(len(self.lanes)):
+            self._free.put(lane)
+        self._current: list[int | None] = [None] * len(self.lanes)  # each lane's image
         self._cache_lock = threading.Lock()  # guards the two LRU dicts
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._encoded: OrderedDict[int, None] = OrderedDict()
-        self._current: int | None = None
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -109,13 +121,22 @@ class SegmentationService:
         with self._cache_lock:
             return int(image_id) in self._encoded
 
-    def _activate(self, image_id: int) -> None:
-        """Make ``image_id`` the predictor's current image (call with ``self._lock`` held)."""
-        if self._current == image_id:
+    @contextmanager
+    def _lane(self) -> Iterator[int]:
+        """Hold a free lane (blocks while all are busy)."""
+        lane = self._free.get()
+        try:
+            yield lane
+        finally:
+            self._free.put(lane)
+
+    def _activate(self, lane: int, image_id: int) -> None:
+        """Make ``image_id`` the current image of ``lane`` (call while holding that lane)."""
+        if self._current[lane] == image_id:
             return
         img = self.image(image_id)
-        self.predictor.set_image(img, image_key=image_id)
-        self._current = image_id
+        self.lanes[lane].set_image(img, image_key=image_id)
+        self._current[lane] = image_id
         with self._cache_lock:
             if image_id not in self._encoded:
                 self.stats["encodes"] += 1
@@ -133,15 +154,16 @@ class SegmentationService:
         mask_input: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the predictor on ``image_id`` (3 masks): ``(masks, scores, low_res_logits)``."""
-        with self._lock:
-            self._activate(int(image_id))
-            masks, scores, low_res = self.predictor.predict(
+        with self._lane() as lane:
+            self._activate(lane, int(image_id))
+            masks, scores, low_res = self.lanes[lane].predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
                 box=box,
                 mask_input=mask_input,
                 multimask_output=True,
             )
+        with self._cache_lock:
             self.stats["predicts"] += 1
         return (
             np.asarray(masks).astype(bool, copy=False),
@@ -176,8 +198,8 @@ class SegmentationService:
                 if self.is_cached(image_id):
                     continue
                 self.image(image_id)  # disk I/O outside the predictor lock
-                with self._lock:
-                    self._activate(image_id)
+                with self._lane() as lane:
+                    self._activate(lane, image_id)
                 self.stats["prefetched"] += 1
             except Exception:  # noqa: BLE001 - a bad image must not kill the thread; opening it reports the error
                 continue
@@ -207,8 +229,8 @@ class SegmentationService:
         """Open a click session on ``image_id`` (computes or reuses its embedding)."""
         image_id = int(image_id)
         img = self.image(image_id)
-        with self._lock:
-            self._activate(image_id)
+        with self._lane() as lane:
+            self._activate(lane, image_id)
         return AnnotationSession(
             self,
             image_id,
