@@ -18,7 +18,7 @@ from assets._common import model_metadata, numeric, workspace
 from jobs.resources import EngineResource
 from sam_engine.data.corpora import load_public
 from sam_engine.engine import human_stage
-from sam_engine.engine.models import evaluate_version, train_version
+from sam_engine.engine.models import carry_forward, evaluate_version, train_version
 from sam_engine.model_store import ModelRef
 
 GROUP = "models"
@@ -74,17 +74,32 @@ def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: M
     group_name=GROUP,
     ins={"model_v2": AssetIn()},
     deps=["sa1b_shards", "stage1_masks", "stage2_masks"],
-    description="v3: v2 fine-tuned on the SA-1B shards of stage 3 (plus the human-verified masks).",
+    description="v3: v2 fine-tuned on the SA-1B shards of stage 3 (plus the human-verified masks); v2's "
+    "weights carried forward (a new version, no training) when stage 3 kept fewer masks than "
+    "stages.retrain_min_new_masks.",
 )
 def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: ModelRef) -> Output[ModelRef]:
     from sam_engine.data.sa1b import read_shards
 
     ws = workspace(engine)
     shards = read_shards(ws.shard_paths(), cache_dir=ws.cfg.data_dir / "shard_cache")
-    merged = _merge(shards, _store_masks_corpus(ws, [1, 2]))
-    ref, trained = train_version(ws, "model_v3", merged, model_v2, log_fn=context.log.info)
+    floor = ws.cfg.stages.retrain_min_new_masks
+    if shards.num_masks < floor:
+        # nothing new to learn from: another fine-tune on the stage-1/2 masks only adds noise
+        reason = f"stage 3 kept {shards.num_masks} masks, under the retrain floor of {floor}"
+        ref, trained = carry_forward(ws, "model_v3", model_v2, reason, log_fn=context.log.info)
+    else:
+        merged = _merge(shards, _store_masks_corpus(ws, [1, 2]))
+        ref, trained = train_version(ws, "model_v3", merged, model_v2, log_fn=context.log.info)
     return Output(
-        ref, metadata={**model_metadata(ref), "trained_now": trained, "shard_images": len(shards.images)}
+        ref,
+        metadata={
+            **model_metadata(ref),
+            "trained_now": trained and "carried_from" not in ref.data,
+            "carried_from": ref.data.get("carried_from") or "",
+            "shard_images": len(shards.images),
+            "shard_masks": shards.num_masks,
+        },
     )
 
 

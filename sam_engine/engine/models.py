@@ -130,25 +130,94 @@ def train_version(
     return ws.publish_model(ref), True
 
 
+def carry_forward(
+    ws: Workspace,
+    name: str,
+    parent: ModelRef,
+    reason: str,
+    *,
+    log_fn: Callable[[str], None] | None = None,
+) -> tuple[ModelRef, bool]:
+    """Make ``parent``'s weights version ``name`` without training (there is no new data to learn from).
+
+    The version is stored and registered like a trained one (an MLflow run tagged ``carried_from``, a new
+    registered model version), so the lineage stays one version per model asset. Idempotent as
+    :func:`train_version`: the same parent and reason reuse the stored version. Returns (ref, stored_now).
+    """
+    key = hashlib.sha256(f"carry:{parent.sha256}:{reason}:{ws.cfg.seed}".encode()).hexdigest()
+    try:
+        existing = ws.model_store.get(name)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and existing.data.get("train_key") == key:
+        if log_fn:
+            log_fn(f"{name}: {parent.name} already carried forward; reusing {existing.checkpoint}")
+        return ws.publish_model(existing), False
+    checkpoint = ws.checkpoint(parent)
+    run_id = version = None
+    if ws.tracking is not None:
+        from .. import tracking
+
+        tags = {"engine_model": name, "train_key": key, "carried_from": parent.name}
+        run_id = tracking.start_run(ws.tracking, run_name=name, tags=tags)
+        tracking.log_params(ws.tracking, run_id, {"carried_from": parent.name, "reason": reason})
+        tracking.log_artifact(ws.tracking, run_id, checkpoint, "model")
+        version = tracking.register_model_version(
+            ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=reason
+        )
+        tracking.end_run(ws.tracking, run_id)
+    if log_fn:
+        log_fn(f"{name}: {parent.name}'s weights carried forward without training: {reason}")
+    ref = ws.model_store.put(
+        name,
+        checkpoint,
+        parent=parent.name,
+        mlflow_run_id=run_id,
+        registered_version=version,
+        data={
+            **{k: parent.data.get(k) for k in ("images", "masks", "data_sha256")},
+            "parent": parent.name,
+            "parent_sha256": parent.sha256,
+            "carried_from": parent.name,
+            "reason": reason,
+            "train_key": key,
+            "steps": 0,
+        },
+    )
+    return ws.publish_model(ref), True
+
+
 def evaluate_version(
     ws: Workspace, ref: ModelRef, *, with_amg: bool = True, log_fn: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Held-out evaluation on the gold set: click-protocol metrics, per region, and automatic-mask recall."""
-    from ..evaluation.interactive import ClickProtocol, evaluate_corpus
+    """Held-out evaluation on the gold set: click-protocol metrics, per region, and automatic-mask recall.
+
+    Results are kept under ``<data_dir>/evaluations/`` by checkpoint hash and evaluation settings, so the
+    same weights (a re-materialization, a carried-forward version) are not evaluated twice.
+    """
+    from ..io import atomic_write_json
 
     cfg = ws.cfg
-    predictor = ws.predictor(ref)
-    protocol = ClickProtocol(max_clicks=cfg.eval.max_clicks)
-    df, summary = evaluate_corpus(
-        predictor, ws.gold, protocol, max_objects=cfg.eval.gold_objects, seed=cfg.seed, min_area=16
-    )
-    metrics: dict[str, Any] = {
-        f"gold/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)
+    settings = {
+        "eval": cfg.eval.model_dump(),
+        "zoom": [cfg.model.zoom_in, cfg.model.zoom_expansion],
+        "seed": cfg.seed,
+        "amg": amg_params(ws).model_dump() if with_amg else None,
+        "corpus": cfg.corpus.model_dump(),
     }
-    by_region = summary.get("by_region") or {}
-    if with_amg:
-        amg = amg_recall(ws, ref)
-        metrics.update({f"gold_amg/{k}": float(v) for k, v in amg.items()})
+    key = hashlib.sha256(f"{ref.sha256}:{json.dumps(settings, sort_keys=True, default=str)}".encode())
+    cached = cfg.data_dir / "evaluations" / f"{key.hexdigest()[:24]}.json"
+    if cached.exists():
+        metrics = json.loads(cached.read_text())
+        by_region = metrics.pop("by_region", {})
+        if log_fn:
+            log_fn(
+                f"{ref.name}: same weights and settings as an earlier evaluation ({cached.name}); reusing it"
+            )
+    else:
+        metrics, by_region = _evaluate_on_gold(ws, ref, with_amg)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cached, {**metrics, "by_region": by_region})
     if log_fn:
         log_fn(f"{ref.name}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
     if ref.mlflow_run_id:
@@ -158,6 +227,23 @@ def evaluate_version(
     ws.model_store.update(ref.name, metrics={**ref.metrics, **metrics})
     metrics["by_region"] = by_region
     return metrics
+
+
+def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> tuple[dict[str, Any], dict]:
+    from ..evaluation.interactive import ClickProtocol, evaluate_corpus
+
+    cfg = ws.cfg
+    protocol = ClickProtocol(max_clicks=cfg.eval.max_clicks)
+    _, summary = evaluate_corpus(
+        ws.predictor(ref), ws.gold, protocol, max_objects=cfg.eval.gold_objects, seed=cfg.seed, min_area=16
+    )
+    metrics: dict[str, Any] = {
+        f"gold/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)
+    }
+    if with_amg:
+        amg = amg_recall(ws, ref)
+        metrics.update({f"gold_amg/{k}": float(v) for k, v in amg.items()})
+    return metrics, summary.get("by_region") or {}
 
 
 def amg_params(ws: Workspace):

@@ -1,0 +1,63 @@
+"""Model versions without training: carrying a version forward, and evaluations reused by checkpoint hash."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def ws_with_v2(smoke_cfg, smoke_corpora, tmp_path):
+    from sam_engine.engine.workspace import Workspace
+    from sam_engine.model import build_sam
+    from sam_engine.model.checkpoint import save_checkpoint
+
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.data_dir = tmp_path / "data"
+    cfg.data_dir.mkdir()
+    (cfg.data_dir / "corpora").symlink_to(smoke_cfg.data_dir / "corpora")  # the session's smoke corpora
+    ws = Workspace(cfg)
+    ckpt = tmp_path / "v2.pt"
+    save_checkpoint(build_sam("tiny", seed=3), ckpt)
+    return ws, ws.model_store.put("model_v2", ckpt, data={"images": 3, "masks": 7, "data_sha256": "abc"})
+
+
+def test_carry_forward_registers_the_same_weights_once(ws_with_v2):
+    from sam_engine.engine.models import carry_forward
+
+    ws, v2 = ws_with_v2
+    v3, stored = carry_forward(ws, "model_v3", v2, "stage 3 kept 0 masks")
+    assert stored and v3.sha256 == v2.sha256 and v3.parent == "model_v2"
+    assert v3.data["carried_from"] == "model_v2" and v3.data["steps"] == 0 and v3.data["masks"] == 7
+    client = ws.tracking.client()
+    run = client.get_run(v3.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["carried_from"] == "model_v2"
+    mv = client.get_model_version(ws.tracking.registered_model, v3.registered_version)
+    assert mv.run_id == v3.mlflow_run_id
+    # idempotent: the same parent and reason reuse the stored version (no second run or registered version)
+    again, stored_again = carry_forward(ws, "model_v3", v2, "stage 3 kept 0 masks")
+    assert not stored_again and again.registered_version == v3.registered_version
+    assert len(client.search_model_versions(f"name='{ws.tracking.registered_model}'")) == 1
+
+
+def test_evaluation_is_reused_for_the_same_weights_only(ws_with_v2, monkeypatch, tmp_path):
+    from sam_engine.engine import models
+    from sam_engine.model import build_sam
+    from sam_engine.model.checkpoint import save_checkpoint
+
+    ws, v2 = ws_with_v2
+    first = models.evaluate_version(ws, v2, with_amg=False)
+    assert first["gold/n_objects"] > 0 and "by_region" in first
+    v3, _ = models.carry_forward(ws, "model_v3", v2, "no new masks")
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(models, "_evaluate_on_gold", not_again)
+    reused = models.evaluate_version(ws, v3, with_amg=False)
+    assert reused == first
+    assert ws.model_store.get("model_v3").metrics["gold/miou@1"] == first["gold/miou@1"]
+    other = tmp_path / "other.pt"
+    save_checkpoint(build_sam("tiny", seed=4), other)
+    changed = ws.model_store.put("model_v4", other)
+    with pytest.raises(AssertionError, match="evaluated again"):
+        models.evaluate_version(ws, changed, with_amg=False)
