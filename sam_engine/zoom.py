@@ -83,7 +83,7 @@ class ZoomPredictor:
         predictor: SamPredictor,
         expansion: float = 1.7,
         min_size: int = 48,
-        snap: int = 32,
+        snap: int = 16,
         refine_first: bool = True,
         max_crop_fraction: float = 0.8,
         crop_cache: EmbeddingCache | None = None,
