@@ -10,13 +10,21 @@ export DAGSTER_HOME := $(SAM_ENGINE_DATA_DIR)/dagster_home
 export MLFLOW_TRACKING_URI := sqlite:///$(SAM_ENGINE_DATA_DIR)/mlflow.db
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run ui test bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
+.PHONY: venv venv-test run ui test bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
 
+# `venv`: what the engine needs (make run, ui, annotate); `venv-test` adds the test, benchmark and lint tools.
+# Byte-compiling is done by compileall on every core instead of pip's one-by-one pass (same .pyc files).
 venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-compile -e .
+	@PYTHONDONTWRITEBYTECODE= $(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
@@ -53,10 +61,10 @@ annotate: venv
 backup: venv
 	$(PY) -m sam_engine.backup create --data-dir $(SAM_ENGINE_DATA_DIR) --dest backups
 
-test: venv chromium
+test: venv-test chromium
 	$(PY) -m pytest -q
 
-bench: venv
+bench: venv-test
 	$(PY) -m benchmarks.run_all
 
 # The official segment-anything package (needs torchvision) in its own venv, for the official-AMG comparison
@@ -68,7 +76,7 @@ refenv: .refenv/.installed
 	.refenv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 segment-anything
 	@touch $@
 
-lint: venv
+lint: venv-test
 	$(VENV)/bin/ruff check sam_engine assets jobs tests benchmarks tools
 
 clean:
