@@ -51,7 +51,7 @@ class ModelSection(_Section):
 
 
 class TrainSection(_Section):
-    max_minutes: float = 8.0
+    max_minutes: float = 9.0
     max_steps: int = 4000
     batch_size: int = (
         8  # more, smaller steps learn faster per CPU minute than 16 (measured, docs/architecture.md)
