@@ -34,6 +34,11 @@ def test_carry_forward_registers_the_same_weights_once(ws_with_v2):
     mv = client.get_model_version(ws.tracking.registered_model, v3.registered_version)
     assert mv.run_id == v3.mlflow_run_id
     # idempotent: the same parent and reason reuse the stored version (no second run or registered version)
+    from sam_engine.engine.report import carried_forward_notes
+
+    assert carried_forward_notes(ws, ["v2", "v3", "v9"]) == [
+        "v3: model_v2's weights carried forward, not trained (stage 3 kept 0 masks)"
+    ]
     again, stored_again = carry_forward(ws, "model_v3", v2, "stage 3 kept 0 masks")
     assert not stored_again and again.registered_version == v3.registered_version
     assert len(client.search_model_versions(f"name='{ws.tracking.registered_model}'")) == 1

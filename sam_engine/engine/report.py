@@ -153,6 +153,22 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def carried_forward_notes(ws: Workspace, models: list[str]) -> list[str]:
+    """One line per model version (``v3`` etc.) whose weights were carried forward from its parent."""
+    notes = []
+    for name in models:
+        try:
+            ref = ws.model_store.get(f"model_{name}")
+        except FileNotFoundError:
+            continue
+        parent = ref.data.get("carried_from")
+        if parent:
+            notes.append(
+                f"{name}: {parent}'s weights carried forward, not trained ({ref.data.get('reason', '')})"
+            )
+    return notes
+
+
 def build_report(
     ws: Workspace,
     stages: pd.DataFrame,
@@ -185,6 +201,7 @@ def build_report(
         if c in annotators.columns
     ]
     ann = annotators[ann_cols] if len(annotators) else annotators
+    carried = carried_forward_notes(ws, list(models["model"])) if len(models) else []
     predictor_desc = (
         f"with zoom-in, {ws.cfg.model.zoom_expansion:g}x" if ws.cfg.model.zoom_in else "in a single pass"
     )
@@ -199,6 +216,7 @@ def build_report(
             "",
             f"Models on the gold set (held out; clicks answered {predictor_desc})",
             _text_table(models),
+            *carried,
             "",
             "Region coverage",
             _text_table(coverage),
@@ -213,6 +231,7 @@ def build_report(
             _md_table(stages),
             f"### Models on the gold set (clicks answered {predictor_desc})",
             _md_table(models),
+            *[f"_{n}_" for n in carried],
             models_chart(models),
             "### Region coverage",
             _md_table(coverage),
