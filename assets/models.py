@@ -87,7 +87,8 @@ def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: M
     if shards.num_masks < floor:
         # nothing new to learn from: another fine-tune on the stage-1/2 masks only adds noise
         reason = f"stage 3 kept {shards.num_masks} masks, under the retrain floor of {floor}"
-        ref, trained = carry_forward(ws, "model_v3", model_v2, reason, log_fn=context.log.info)
+        ref, _ = carry_forward(ws, "model_v3", model_v2, reason, log_fn=context.log.info)
+        trained = False
     else:
         merged = _merge(shards, _store_masks_corpus(ws, [1, 2]))
         ref, trained = train_version(ws, "model_v3", merged, model_v2, log_fn=context.log.info)
@@ -95,7 +96,7 @@ def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: M
         ref,
         metadata={
             **model_metadata(ref),
-            "trained_now": trained and "carried_from" not in ref.data,
+            "trained_now": trained,
             "carried_from": ref.data.get("carried_from") or "",
             "shard_images": len(shards.images),
             "shard_masks": shards.num_masks,

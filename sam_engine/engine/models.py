@@ -28,6 +28,15 @@ def corpus_hash(corpus: MaskCorpus) -> str:
     return h.hexdigest()
 
 
+def _stored_with_key(ws: Workspace, name: str, key: str) -> ModelRef | None:
+    """The stored version ``name`` when it was made from the inputs hashed as ``key``, else None."""
+    try:
+        existing = ws.model_store.get(name)
+    except FileNotFoundError:
+        return None
+    return existing if existing.data.get("train_key") == key else None
+
+
 def train_version(
     ws: Workspace,
     name: str,
@@ -66,11 +75,8 @@ def train_version(
         "parent": parent.name if parent else None,
         "parent_sha256": parent.sha256 if parent else None,
     }
-    try:
-        existing = ws.model_store.get(name)
-    except FileNotFoundError:
-        existing = None
-    if exported.exists() and existing is not None and existing.data.get("train_key") == key:
+    existing = _stored_with_key(ws, name, key)
+    if exported.exists() and existing is not None:
         if log_fn:
             log_fn(f"{name}: same data and parent as the stored version; reusing {existing.checkpoint}")
         return ws.publish_model(existing), False
@@ -145,27 +151,22 @@ def carry_forward(
     :func:`train_version`: the same parent and reason reuse the stored version. Returns (ref, stored_now).
     """
     key = hashlib.sha256(f"carry:{parent.sha256}:{reason}:{ws.cfg.seed}".encode()).hexdigest()
-    try:
-        existing = ws.model_store.get(name)
-    except FileNotFoundError:
-        existing = None
-    if existing is not None and existing.data.get("train_key") == key:
+    existing = _stored_with_key(ws, name, key)
+    if existing is not None:
         if log_fn:
             log_fn(f"{name}: {parent.name} already carried forward; reusing {existing.checkpoint}")
         return ws.publish_model(existing), False
     checkpoint = ws.checkpoint(parent)
-    run_id = version = None
-    if ws.tracking is not None:
-        from .. import tracking
+    from .. import tracking
 
-        tags = {"engine_model": name, "train_key": key, "carried_from": parent.name}
-        run_id = tracking.start_run(ws.tracking, run_name=name, tags=tags)
-        tracking.log_params(ws.tracking, run_id, {"carried_from": parent.name, "reason": reason})
-        tracking.log_artifact(ws.tracking, run_id, checkpoint, "model")
-        version = tracking.register_model_version(
-            ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=reason
-        )
-        tracking.end_run(ws.tracking, run_id)
+    tags = {"engine_model": name, "train_key": key, "carried_from": parent.name}
+    run_id = tracking.start_run(ws.tracking, run_name=name, tags=tags)
+    tracking.log_params(ws.tracking, run_id, {"carried_from": parent.name, "reason": reason})
+    tracking.log_artifact(ws.tracking, run_id, checkpoint, "model")
+    version = tracking.register_model_version(
+        ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=reason
+    )
+    tracking.end_run(ws.tracking, run_id)
     if log_fn:
         log_fn(f"{name}: {parent.name}'s weights carried forward without training: {reason}")
     ref = ws.model_store.put(
