@@ -9,8 +9,14 @@ clients with ``websockets``' sync API in this process. Clients click as annotato
 the click protocol's next click (``sam_engine.evaluation.clicks.next_click``) from the error region of the
 mask they got back, at most 3 clicks or IoU 0.9 per object.
 
+Clients open images with ``progressive`` answers, as the browser page does: a click gets the whole-image masks
+from the cached embedding at once and the zoomed-in masks after them (``SAM_ENGINE_BENCH_PROGRESSIVE=0``: one
+answer per click, the zoomed-in one). ``click_*`` rows time the first masks the annotator sees,
+``click_refined_*`` rows the refined ones (the same numbers when there is no refinement).
+
 * ``click_*_1_annotator``: one client, embedding cached, a click every few ms (closed loop); baseline = the
-  same click through ``AnnotationSession.add_point`` in this process (no server, no RLE, no JSON).
+  same click through ``AnnotationSession.add_point`` in this process (no server, no RLE, no JSON), until its
+  quick answer (``on_coarse``) for ``click_*`` and until it returns for ``click_refined_*``.
 * ``click_*_16_annotators``: 16 clients on 16 different images (embeddings cached), each clicking after a
   seeded think time uniform in [0.1, 0.5] s (human annotators click about once a second; this is ~40
   clicks/s offered in total); baseline = the in-process p99 / p50.
@@ -47,6 +53,7 @@ from sam_engine.evaluation.clicks import next_click  # noqa: E402
 from sam_engine.quality.store import QualityStore  # noqa: E402
 
 N_CONCURRENT = 16
+PROGRESSIVE = os.environ.get("SAM_ENGINE_BENCH_PROGRESSIVE", "1") != "0"
 TORCH_THREADS = 1  # as the server's --torch-threads default; baseline and server alike
 
 
@@ -170,8 +177,9 @@ def _free_port() -> int:
 
 def _script(
     service: object, image_id: int, objects: list[np.ndarray], n: int
-) -> tuple[list[tuple[float, float, bool, bool]], list[float]]:
-    """``n`` clicks as an annotator makes them, and their in-process times (the baseline).
+) -> tuple[list[tuple[float, float, bool, bool]], list[float], list[float]]:
+    """``n`` clicks as an annotator makes them, and their in-process times (the baseline): to the quick answer
+    (the refined answer's time without progressive answers or refinement) and to the refined one.
 
     Object after object, the click protocol's next click (``next_click``) from the error region of the mask
     just returned, at most 3 clicks or IoU 0.9 per object. Made in this process with the server's predictor
@@ -181,6 +189,7 @@ def _script(
     session = service.open_session(image_id)
     script: list[tuple[float, float, bool, bool]] = []
     times: list[float] = []
+    first: list[float] = []
     k = 0
     while len(script) < n:
         gt = objects[k % len(objects)]
@@ -194,14 +203,21 @@ def _script(
                 break
             clicked[click.y, click.x] = True
             x, y = click.x + 0.5, click.y + 0.5
+            seen: list[float] = []
             t0 = time.perf_counter()
-            result = session.add_point(x, y, positive=click.positive)
+            result = session.add_point(
+                x,
+                y,
+                positive=click.positive,
+                on_coarse=(lambda _r, seen=seen: seen.append(time.perf_counter())) if PROGRESSIVE else None,
+            )
             times.append(time.perf_counter() - t0)
+            first.append(seen[0] - t0 if seen else times[-1])
             script.append((x, y, bool(click.positive), j == 0))
             pred = result.mask
             if len(script) >= n or (pred & gt).sum() >= 0.9 * (pred | gt).sum():
                 break
-    return script, times
+    return script, first, times
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -217,20 +233,33 @@ class _Client:
         self.ws = self._cm.__enter__()
         assert json.loads(self.ws.recv())["type"] == "ready"
         self.bytes: list[int] = []
-        self.server_s: list[float] = []
+        self.server_s: list[float] = []  # server-side time of the first masks of each click
+        self.server_refined_s: list[float] = []  # ... and of the refined (final) masks
+        self.first_s: list[float] = []  # client-side time to the first masks of each click
 
     def call(self, **msg: object) -> tuple[dict, float]:
+        """Send ``msg``; wait for its final answer (a click's quick masks are timed on the way)."""
+        if msg.get("type") == "open":
+            msg = {"progressive": PROGRESSIVE, **msg}
         t0 = time.perf_counter()
         self.ws.send(json.dumps(msg))
-        raw = self.ws.recv()
-        dt = time.perf_counter() - t0
-        out = json.loads(raw)
-        if out["type"] == "error":
-            raise RuntimeError(out["message"])
-        if out["type"] == "masks" and out["masks"]:
+        first = None
+        while True:
+            raw = self.ws.recv()
+            dt = time.perf_counter() - t0
+            out = json.loads(raw)
+            if out["type"] == "error":
+                raise RuntimeError(out["message"])
+            if out["type"] != "masks" or not out["masks"]:
+                return out, dt
             self.bytes.append(len(raw))
-            self.server_s.append(out["server_ms"] / 1000.0)
-        return out, dt
+            if first is None:
+                first = dt
+                self.first_s.append(dt)
+                self.server_s.append(out["server_ms"] / 1000.0)
+            if out.get("final", True):
+                self.server_refined_s.append(out["server_ms"] / 1000.0)
+                return out, dt
 
     def clicks(
         self,
@@ -239,7 +268,8 @@ class _Client:
         think: tuple[float, float] | None = None,
         seed: int = 0,
     ) -> list[float]:
-        """Replay the first ``n`` clicks of a :func:`_script` (reset where it starts a new object)."""
+        """Replay the first ``n`` clicks of a :func:`_script` (reset where it starts a new object); returns the
+        times to the refined masks (those to the first masks land in ``first_s``)."""
         rng = np.random.default_rng(seed)
         times = []
         for x, y, positive, new_object in script[:n]:
@@ -304,9 +334,11 @@ def _run(quick: bool, n_single: int, n_each: int, n_cold: int, n_images: int, mo
         base_service, base = _baseline(root, n_cold, cold_ids)
         scripts = {}
         for k in range(N_CONCURRENT):
-            scripts[k], times = _script(base_service, k, clicks[k], max(n_single if k == 0 else n_each, 5))
+            scripts[k], first, times = _script(
+                base_service, k, clicks[k], max(n_single if k == 0 else n_each, 5)
+            )
             if k == 0:
-                base["click"] = times
+                base["click_first"], base["click"] = first, times
         clicks = scripts
         port = _free_port()
         proc = _start_server(root, port)
@@ -326,7 +358,8 @@ def _run(quick: bool, n_single: int, n_each: int, n_cold: int, n_images: int, mo
             proc.terminate()
             proc.wait(timeout=20)
             base_service.close()
-    b50, b99 = _pct(base["click"], 50), _pct(base["click"], 99)
+    b50, b99 = _pct(base["click_first"], 50), _pct(base["click_first"], 99)
+    r50, r99 = _pct(base["click"], 50), _pct(base["click"], 99)
     rows = []
 
     def row(metric: str, value: float, unit: str, baseline: float | None = None, **extra: object) -> None:
@@ -338,14 +371,15 @@ def _run(quick: bool, n_single: int, n_each: int, n_cold: int, n_images: int, mo
             }
         rows.append(r | extra | {"model": model_name})
 
-    row("click_p50_1_annotator", _pct(server["single"], 50), "ms", b50)
-    row("click_p99_1_annotator", _pct(server["single"], 99), "ms", b99, target=20.0)
-    row("click_server_side_p50_1_annotator", _pct(server["single_server"], 50), "ms", b50)
-    row("click_server_side_p99_1_annotator", _pct(server["single_server"], 99), "ms", b99)
-    row("click_p50_16_annotators", _pct(server["multi"], 50), "ms", b50)
-    row("click_p99_16_annotators", _pct(server["multi"], 99), "ms", b99, target=50.0)
-    row("click_server_side_p50_16_annotators", _pct(server["multi_server"], 50), "ms", b50)
-    row("click_server_side_p99_16_annotators", _pct(server["multi_server"], 99), "ms", b99)
+    for who, n in (("1_annotator", "single"), ("16_annotators", "multi")):
+        target = {"single": 20.0, "multi": 50.0}[n]
+        row(f"click_p50_{who}", _pct(server[f"{n}_first"], 50), "ms", b50)
+        row(f"click_p99_{who}", _pct(server[f"{n}_first"], 99), "ms", b99, target=target)
+        row(f"click_server_side_p50_{who}", _pct(server[f"{n}_server"], 50), "ms", b50)
+        row(f"click_server_side_p99_{who}", _pct(server[f"{n}_server"], 99), "ms", b99)
+        row(f"click_refined_p50_{who}", _pct(server[n], 50), "ms", r50)
+        row(f"click_refined_p99_{who}", _pct(server[n], 99), "ms", r99)
+        row(f"click_refined_server_side_p99_{who}", _pct(server[f"{n}_server_refined"], 99), "ms", r99)
     row("clicks_per_s_16_annotators", server["rate"], "1/s")
     row("image_open_cold_p50", _pct(server["cold"], 50), "ms", _pct(base["cold"], 50))
     row("image_open_prefetched_p50", _pct(server["prefetched"], 50), "ms", _pct(base["cached"], 50))
@@ -370,9 +404,11 @@ def _measure_server(
     time.sleep(settle_s / 3)
     c.clicks(clicks[0], 5)  # warm-up
     c.server_s.clear()
+    c.server_refined_s.clear()
+    c.first_s.clear()
     single = c.clicks(clicks[0], n_single)
     sizes = list(c.bytes)
-    single_server = [v for v in c.server_s if v is not None]
+    single_first, single_server, single_refined = list(c.first_s), list(c.server_s), list(c.server_refined_s)
     c.close()
     # cold opens by an admin (admins without tasks trigger no prefetch)
     boss = _Client(port, tokens["boss"])
@@ -410,12 +446,15 @@ def _measure_server(
     for cl in clients:
         cl.close()
     multi = [v for r in results for v in r]
-    multi_server = [v for cl in clients for v in cl.server_s[-n_each:]]
     return {
         "single": single,
+        "single_first": single_first,
         "single_server": single_server,
+        "single_server_refined": single_refined,
         "multi": multi,
-        "multi_server": multi_server,
+        "multi_first": [v for cl in clients for v in cl.first_s[-n_each:]],
+        "multi_server": [v for cl in clients for v in cl.server_s[-n_each:]],
+        "multi_server_refined": [v for cl in clients for v in cl.server_refined_s[-n_each:]],
         "rate": len(multi) / elapsed,
         "cold": cold,
         "prefetched": prefetched,

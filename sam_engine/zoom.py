@@ -15,6 +15,8 @@ contract, so the click protocol, the annotation sessions and the simulated annot
 - the first click (no fed-back mask) is answered on the whole image; with ``refine_first`` its most confident
   output is then refined once on the crop around it (the same click, that output as mask input), so even a
   single click gets the zoomed resolution;
+- :meth:`ZoomPredictor.coarse` is the whole-image pass alone (decoder only, from the cached embedding): a
+  server can show it at once and pass it back as ``predict(..., coarse=)``, which then only refines;
 - crop embeddings live in their own :class:`~sam_engine.predictor.EmbeddingCache` (``crop_cache``, 256
   entries by default, apart from the whole-image cache) under ``(image_key, crop box)``; crop boxes snap
   outwards to a ``snap`` px grid, so small changes of the mask reuse the same crop.
@@ -117,6 +119,11 @@ class ZoomPredictor:
     def image_key(self) -> Hashable | None:
         return self.base.image_key
 
+    @property
+    def mask_threshold(self) -> float:
+        """The logit above which a pixel is in a mask (to threshold what :meth:`coarse` returns)."""
+        return float(self.model.mask_threshold)
+
     def set_image(self, image: np.ndarray, image_key: Hashable | None = None) -> None:
         """Embed the whole image (cached under ``image_key``) and keep it for cropping."""
         self.base.set_image(image, image_key=image_key)
@@ -134,13 +141,17 @@ class ZoomPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        coarse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As :meth:`SamPredictor.predict`: masks at image size, predicted IoUs, full-frame low-res logits."""
+        """As :meth:`SamPredictor.predict`: masks at image size, predicted IoUs, full-frame low-res logits.
+
+        ``coarse``: what :meth:`coarse` returned for the same prompts (reused instead of computed again).
+        """
         if self._image is None or not self.base.is_image_set:
             raise RuntimeError("no image set: call set_image() first")
         if mask_input is None:
-            masks, scores, low = self.base.predict(
-                point_coords, point_labels, box, None, multimask_output, return_logits=True
+            masks, scores, low = coarse or self.coarse(
+                point_coords, point_labels, box, None, multimask_output
             )
             if not self.refine_first or (point_coords is None and box is None):
                 return (masks if return_logits else masks > self.model.mask_threshold), scores, low
@@ -152,12 +163,25 @@ class ZoomPredictor:
             return (masks if return_logits else masks > self.model.mask_threshold), scores, low
         focus = self._mask_focus(mask_input, self._image.shape[:2])
         out = self._zoomed(point_coords, point_labels, box, focus, multimask_output)
-        if out is None:
-            return self.base.predict(
-                point_coords, point_labels, box, mask_input, multimask_output, return_logits
-            )
+        if out is None:  # nothing to zoom in on: the whole-image answer stands
+            out = coarse or self.coarse(point_coords, point_labels, box, mask_input, multimask_output)
         masks, scores, low = out
         return (masks if return_logits else masks > self.model.mask_threshold), scores, low
+
+    def coarse(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The whole-image pass alone: mask logits at image size, predicted IoUs, low-res logits."""
+        if self._image is None or not self.base.is_image_set:
+            raise RuntimeError("no image set: call set_image() first")
+        return self.base.predict(
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits=True
+        )
 
     # ---- internals --------------------------------------------------------------------------------------
     def _zoomed(

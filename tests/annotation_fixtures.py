@@ -114,6 +114,42 @@ class FakePredictor:
         return [im.astype(np.int16) for im in images]
 
 
+class RefiningFakePredictor(FakePredictor):
+    """A :class:`FakePredictor` with a quick first answer, as :class:`sam_engine.zoom.ZoomPredictor` has.
+
+    ``coarse`` answers all three candidates with the loosest colour region (as +-8 logits); ``predict`` is the
+    exact answer and, when handed a ``coarse``, waits ``refine_delay_s`` first (a crop encode) and counts it.
+    """
+
+    mask_threshold = 0.0
+
+    def __init__(self, *args: object, refine_delay_s: float = 0.0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.refine_delay_s = refine_delay_s
+        self.coarse_calls = 0
+        self.refined = 0
+
+    def coarse(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.coarse_calls += 1
+        masks, scores, low = super().predict(point_coords, point_labels, box, mask_input, multimask_output)
+        loose = np.repeat(masks[-1:], len(masks), axis=0)
+        return np.where(loose, 8.0, -8.0).astype(np.float32), scores, low
+
+    def predict(self, *args: object, coarse: object = None, **kwargs: object):  # noqa: ANN201
+        if coarse is not None:
+            self.refined += 1
+            if self.refine_delay_s:
+                time.sleep(self.refine_delay_s)
+        return super().predict(*args, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ scenes
 def make_scene(seed: int = 0, height: int = 96, width: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A flat-colour scene: a red box with a lighter inner part, a blue disc, a small green square.

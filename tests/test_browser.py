@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotation_fixtures import ServerThread, World, build_app, make_world
+from annotation_fixtures import RefiningFakePredictor, ServerThread, World, build_app, make_world
 from browser_support import BROWSER_MARKS, launch
 
 from sam_engine.data import rle as rle_utils
@@ -175,3 +175,27 @@ def test_reviewer_accepts_and_rejects_in_review_mode(browser, server: ServerThre
     )
     assert errors == []
     page.close()
+
+
+def test_click_shows_the_quick_mask_then_the_refined_one(browser, world: World) -> None:  # noqa: ANN001
+    """The page opens images with progressive answers: a click's whole-image mask is drawn at once, and the
+    refined (zoomed-in) mask replaces it when it comes; accept stores the refined one."""
+    app, service = build_app(
+        world.store, world.images_dir, predictor=RefiningFakePredictor(refine_delay_s=0.8)
+    )
+    with ServerThread(app) as server:
+        page, errors = _page(browser, server, world.tokens["alice"])
+        objects = world.objects[1]
+        page.mouse.click(*_screen(page, *_inside(objects["part"])))
+        page.wait_for_function("() => document.getElementById('canvas').dataset.maskFinal === 'false'")
+        assert _area(page) == objects["whole"].sum()  # the quick answer: the loose region
+        assert page.locator("#status").text_content().startswith("Refining")
+        page.wait_for_function("() => document.getElementById('canvas').dataset.maskFinal === 'true'")
+        assert _area(page) == objects["part"].sum()
+        page.keyboard.press("a")
+        page.wait_for_function("() => document.body.dataset.lastAccepted !== undefined")
+        stored = world.store.get_mask(int(page.evaluate("document.body.dataset.lastAccepted")))
+        assert np.array_equal(rle_utils.decode(stored["rle"]), objects["part"])
+        assert errors == []
+        page.close()
+    service.close()

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotation_fixtures import World, build_app, free_port, make_world, serve_command, wait_http
+from annotation_fixtures import (
+    RefiningFakePredictor,
+    World,
+    build_app,
+    free_port,
+    make_world,
+    serve_command,
+    wait_http,
+)
 from fastapi.testclient import TestClient
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -276,6 +284,39 @@ def test_masks_on_the_wire_are_rle_or_png(client: TestClient, world: World) -> N
         assert ws.send(type="undo")["masks"] == []
     finally:
         conn.__exit__(None, None, None)
+
+
+def test_progressive_clicks_get_the_quick_masks_then_the_refined_ones(world: World) -> None:
+    """After ``open`` with ``progressive``, a click is answered twice under its seq: the whole-image masks
+    (``final: false``) and then the refined ones (``final: true``); without it, once."""
+    app, service = build_app(world.store, world.images_dir, predictor=RefiningFakePredictor())
+    objs = world.objects[1]
+    x, y = _inside(objs["part"])
+    with TestClient(app) as c:
+        conn, ws = open_ws(c, world, "alice")
+        try:
+            assert ws.send(type="open", task_id=world.tasks["alice"][0], progressive=True)["type"] == "opened"
+            quick = ws.send(type="point", x=x, y=y)
+            refined = ws.conn.receive_json()
+            assert quick["type"] == refined["type"] == "masks"
+            assert quick["final"] is False and refined["final"] is True
+            assert quick["seq"] == refined["seq"] == ws.seq
+            assert np.array_equal(rle_utils.decode(quick["masks"][quick["selected"]]), objs["whole"])
+            assert np.array_equal(rle_utils.decode(refined["masks"][refined["selected"]]), objs["part"])
+            assert quick["server_ms"] <= refined["server_ms"]
+            assert ws.send(type="ping")["type"] == "pong"  # nothing else was queued for that click
+            # a box is answered progressively too; undo (no model call) once
+            box = ws.send(type="box", x0=1, y0=1, x1=60, y1=50)
+            assert box["final"] is False and ws.conn.receive_json()["final"] is True
+            assert ws.send(type="undo")["final"] is True
+            # the same click without progressive: one answer, the refined masks
+            ws.send(type="open", task_id=world.tasks["alice"][0])
+            only = ws.send(type="point", x=x, y=y)
+            assert only["final"] is True and only["masks"] == refined["masks"]
+            assert ws.send(type="ping")["type"] == "pong"
+        finally:
+            conn.__exit__(None, None, None)
+    service.close()
 
 
 # ------------------------------------------------------------------------------------------ accept

@@ -7,10 +7,10 @@ import threading
 
 import numpy as np
 import pytest
-from annotation_fixtures import FakePredictor, make_scene
+from annotation_fixtures import FakePredictor, RefiningFakePredictor, make_scene
 
 from sam_engine.annotation import session as session_module
-from sam_engine.annotation.session import PromptError, SegmentationService
+from sam_engine.annotation.session import CLICK, PREFETCH, REFINE, LanePool, PromptError, SegmentationService
 
 
 @pytest.fixture
@@ -246,3 +246,68 @@ def test_lanes_answer_concurrent_calls_at_once(scenes: dict, lanes: int) -> None
 def test_lanes_need_a_predictor() -> None:
     with pytest.raises(ValueError, match="at least one predictor"):
         SegmentationService([], lambda i: np.zeros((4, 4, 3), np.uint8))
+
+
+def test_lane_pool_serves_the_most_urgent_waiter_first() -> None:
+    """A freed lane goes to a click before a refinement before a prefetch, whatever order they queued in."""
+    pool = LanePool(1)
+    order: list[int] = []
+    with pool.hold(CLICK):
+        threads = []
+        for priority in (PREFETCH, REFINE, CLICK):
+            t = threading.Thread(target=lambda p=priority: _take(pool, p, order))
+            t.start()
+            threads.append(t)
+            _wait_until(lambda p=priority: pool._waiting[p] == 1)
+    for t in threads:
+        t.join(timeout=5)
+    assert order == [CLICK, REFINE, PREFETCH]
+
+
+def _take(pool: LanePool, priority: int, order: list[int]) -> None:
+    with pool.hold(priority):
+        order.append(priority)
+
+
+def _wait_until(condition, timeout: float = 5.0) -> None:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_progressive_click_shows_the_quick_answer_then_keeps_the_refined_one(scenes: dict) -> None:
+    """``on_coarse`` gets the whole-image answer first; the session keeps (and feeds back) the refined one,
+    which is what the same click gives without ``on_coarse``."""
+    img, objs = scenes[1]
+    pred = RefiningFakePredictor()
+    svc = SegmentationService([pred, RefiningFakePredictor()], lambda i: img, cache_size=2)
+    plain = SegmentationService(RefiningFakePredictor(), lambda i: img, cache_size=2)
+    a, b = svc.open_session(0), plain.open_session(0)
+    seen = []
+    x, y = _inside(objs["part"])
+    final = a.add_point(x, y, positive=True, on_coarse=seen.append)
+    reference = b.add_point(x, y, positive=True)
+    assert len(seen) == 1 and seen[0].clicks == 1
+    assert np.array_equal(seen[0].mask, objs["whole"])  # the quick answer: the loose region
+    assert np.array_equal(final.mask, objs["part"]) and a.result is final
+    assert np.array_equal(final.masks, reference.masks) and np.array_equal(final.low_res, reference.low_res)
+    assert sum(p.refined for p in svc.lanes) == 1 and sum(p.coarse_calls for p in svc.lanes) == 1
+    # the next click feeds back the refined logits, not the quick ones
+    a.add_point(*_inside(objs["disc"]), positive=False, on_coarse=seen.append)
+    fed = [m for p in svc.lanes for m in p.mask_inputs if m is not None]
+    assert fed and all(np.array_equal(m, final.low_res[final.selected][None]) for m in fed)
+    assert a.undo() is final
+    svc.close()
+    plain.close()
+
+
+def test_on_coarse_is_not_called_without_refinement(scenes: dict) -> None:
+    img, objs = scenes[1]
+    svc = SegmentationService(FakePredictor(), lambda i: img, cache_size=2)
+    seen = []
+    r = svc.open_session(0).add_point(*_inside(objs["disc"]), positive=True, on_coarse=seen.append)
+    assert seen == [] and np.array_equal(r.mask, objs["disc"])
+    svc.close()

@@ -73,6 +73,41 @@ def test_first_click_refines_only_the_best_output_and_keeps_the_contract(model, 
     assert zoom.stats == {"zoomed": 2, "crop_encodes": 1}
 
 
+def test_coarse_is_the_whole_image_pass_and_refining_it_equals_predict(model, monkeypatch):
+    """``coarse`` is the base predictor's answer (logits); ``predict(coarse=)`` refines it without running the
+    whole-image pass again and gives what ``predict`` alone gives, on a first click and on a later one."""
+    img = _image()
+    base = SamPredictor(model, cache=EmbeddingCache(8))
+    zoom = ZoomPredictor(base, expansion=1.7)
+    zoom.set_image(img, image_key="p")
+    real, calls = base.predict, []
+
+    def small_best(*args, **kwargs):  # as above: a small best output, so the zoom applies
+        calls.append(1)
+        masks, scores, low = real(*args, **kwargs)
+        masks = masks.copy()
+        masks[int(np.argmax(scores))] = np.where(_disk(200, 300, 120, 75, 20), 5.0, -5.0)
+        return masks, scores, low
+
+    monkeypatch.setattr(base, "predict", small_best)
+    pts, lab = np.array([[120.0, 75.0]]), np.array([1])
+    cm, cs, cl = zoom.coarse(pts, lab)
+    bm, bs, bl = small_best(pts, lab, None, None, True, return_logits=True)
+    assert cm.dtype == np.float32 and np.array_equal(cm, bm) and np.array_equal(cl, bl)
+    assert zoom.mask_threshold == model.mask_threshold
+    calls.clear()
+    first = zoom.predict(pts, lab, coarse=(cm, cs, cl))
+    assert calls == [] and zoom.stats["zoomed"] == 1  # refined on the crop only
+    for a, b in zip(first, zoom.predict(pts, lab), strict=True):
+        assert np.array_equal(a, b)
+    best = int(np.argmax(first[1]))
+    pts2, lab2 = np.vstack([pts, [[126.0, 82.0]]]), np.array([1, 1])
+    prev = first[2][best][None]
+    again = zoom.predict(pts2, lab2, None, prev, coarse=zoom.coarse(pts2, lab2, None, prev))
+    for a, b in zip(again, zoom.predict(pts2, lab2, None, prev), strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_answers_come_from_the_crop_at_the_right_place(model, monkeypatch):
     """A fake crop model that draws a disk around each clicked point: the pasted mask must sit around the
     clicks in image coordinates, and nothing outside the crop."""

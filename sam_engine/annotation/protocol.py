@@ -4,7 +4,8 @@ Client → server (JSON text frames; every message may carry ``seq``, an integer
 
 =========  ==================================================================================================
 ``auth``    ``{token}`` — first message when the token is not in the ``?token=`` query parameter
-``open``    ``{task_id}`` (annotators) or ``{image_id}`` (reviewers, admins); optional ``format``: rle | png
+``open``    ``{task_id}`` (annotators) or ``{image_id}`` (reviewers, admins); optional ``format``: rle | png,
+            ``progressive`` (default false): answer each point / box twice, see below
 ``point``   ``{x, y, positive=true}`` — original-image pixels
 ``box``     ``{x0, y0, x1, y1}``
 ``undo``    ``{}``; ``reset`` ``{}``; ``choose`` ``{index}``
@@ -15,8 +16,13 @@ Client → server (JSON text frames; every message may carry ``seq``, an integer
 =========  ==================================================================================================
 
 Server → client: ``ready``, ``opened``, ``masks`` (``masks``: one COCO RLE — or PNG base64 — per candidate at
-image size, ``scores``, ``areas``, ``selected``, ``clicks``), ``accepted``, ``skipped``, ``done``,
+image size, ``scores``, ``areas``, ``selected``, ``clicks``, ``final``), ``accepted``, ``skipped``, ``done``,
 ``commented``, ``reviewed``, ``pong`` and ``error`` (``{code, message, seq}``).
+
+Progressive answers: after ``open`` with ``progressive: true``, and when the server refines clicks on a zoomed-in
+crop, a ``point`` or ``box`` gets two ``masks`` messages with its ``seq``: first the whole-image answer from the
+cached embedding (``final: false``, decoder only, so it comes at once), then the refined one (``final: true``),
+which is the session's state. Otherwise there is one ``masks`` answer, ``final: true``.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class OpenMsg(_Msg):
     task_id: int | None = None
     image_id: int | None = None
     format: Literal["rle", "png"] = "rle"
+    progressive: bool = False  # answer clicks twice: the whole-image masks at once, then the zoomed-in ones
 
 
 class PointMsg(_Msg):

@@ -20,11 +20,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from anyio import from_thread
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -152,17 +153,27 @@ def _png_b64(mask: np.ndarray) -> str:
 
 
 class WsConnection:
-    """One WebSocket client: its principal, open session and task. ``handle`` runs in a worker thread."""
+    """One WebSocket client: its principal, open session and task. ``handle`` runs in a worker thread.
 
-    def __init__(self, api: AnnotationService, principal: Principal) -> None:
+    ``emit(message)`` sends a message before the reply (from that thread): the quick whole-image masks of a
+    click when the client opened with ``progressive`` (they carry ``"final": false``; the reply, the refined
+    masks, ``"final": true``).
+    """
+
+    def __init__(
+        self, api: AnnotationService, principal: Principal, emit: Callable[[dict], None] | None = None
+    ) -> None:
         self.api = api
         self.p = principal
         self.session: AnnotationSession | None = None
         self.task: dict | None = None
         self.format = "rle"
+        self.progressive = False
+        self.emit = emit
+        self._t0 = 0.0
 
     def handle(self, m: Any) -> dict:
-        t0 = time.perf_counter()
+        self._t0 = t0 = time.perf_counter()
         try:
             out = self._dispatch(m)
             out["server_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
@@ -184,6 +195,18 @@ class WsConnection:
             raise BadRequest("no image is open: send an 'open' message first")
         return self.session
 
+    def _on_coarse(self, seq: int | None) -> Callable[[MaskResult], None] | None:
+        """The callback that sends a click's quick answer ahead of the reply (None unless progressive)."""
+        if not self.progressive or self.emit is None:
+            return None
+        emit = self.emit
+
+        def send(result: MaskResult) -> None:
+            ms = round((time.perf_counter() - self._t0) * 1000.0, 3)
+            emit(self._masks(result, seq) | {"final": False, "server_ms": ms})
+
+        return send
+
     def _masks(self, result: MaskResult | None, seq: int | None) -> dict:
         s = self._need_session()
         out: dict[str, Any] = {
@@ -194,6 +217,7 @@ class WsConnection:
             "clicks": s.clicks,
             "points": [list(p) for p in s.points],
             "box": list(s.box) if s.box else None,
+            "final": True,
         }
         if result is None:
             return out | {"masks": [], "scores": [], "areas": [], "selected": None}
@@ -214,6 +238,7 @@ class WsConnection:
             raise BadRequest("already authenticated")
         if kind == "open":
             self.format = m.format
+            self.progressive = m.progressive
             self.session, self.task = self.api.open(self.p, task_id=m.task_id, image_id=m.image_id)
             s = self.session
             return {
@@ -230,9 +255,11 @@ class WsConnection:
                 "masks": self.api.image_masks(self.p, s.image_id),
             }
         if kind == "point":
-            return self._masks(self._need_session().add_point(m.x, m.y, m.positive), m.seq)
+            s = self._need_session()
+            return self._masks(s.add_point(m.x, m.y, m.positive, on_coarse=self._on_coarse(m.seq)), m.seq)
         if kind == "box":
-            return self._masks(self._need_session().set_box(m.x0, m.y0, m.x1, m.y1), m.seq)
+            s = self._need_session()
+            return self._masks(s.set_box(m.x0, m.y0, m.x1, m.y1, on_coarse=self._on_coarse(m.seq)), m.seq)
         if kind == "undo":
             return self._masks(self._need_session().undo(), m.seq)
         if kind == "reset":
@@ -458,7 +485,11 @@ def create_app(
             p = await _ws_authenticate(ws)
             if p is None:
                 return
-            conn = WsConnection(api, p)
+
+            def emit(message: dict) -> None:  # from the worker thread that handles a message
+                from_thread.run(ws.send_text, json.dumps(message, separators=(",", ":")))
+
+            conn = WsConnection(api, p, emit)
             limiter = RateLimiter(*rate_limit)
             await ws.send_text(
                 json.dumps({"type": "ready", "user": p.as_dict(), "progress": api.progress(p)})

@@ -20,9 +20,16 @@ refinement); the selected mask is the highest-scoring one until :meth:`Annotatio
 ``elapsed_seconds`` runs from the same moment. A bad prompt raises :class:`PromptError` (a ``ValueError``).
 
 The lanes serve every session of the process. A call takes a free lane for its ``set_image`` + ``predict``
-(the prefetch thread too), so with N lanes N calls run at once (torch releases the GIL) and an interactive
-call waits for a background encoding only when every lane is busy. One lane per CPU core, each with one torch
+(the prefetch thread too), so with N lanes N calls run at once (torch releases the GIL). Free lanes go to
+waiting calls by priority: a click's first answer (:data:`CLICK`) before a zoom-in refinement
+(:data:`REFINE`) before a background prefetch (:data:`PREFETCH`). One lane per CPU core, each with one torch
 thread, answers concurrent annotators faster than one lane with several threads.
+
+Progressive answers: ``add_point`` / ``set_box`` take ``on_coarse``. When the predictor refines on a crop
+(:class:`sam_engine.zoom.ZoomPredictor`), the session first answers from the cached whole-image embedding
+(decoder only), hands that :class:`MaskResult` to ``on_coarse``, then refines on the crop at a lower lane
+priority and returns the refined result, which is what the session keeps. The refined result is the same as
+without ``on_coarse``; a predictor without refinement answers once and ``on_coarse`` is not called.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ import numpy as np
 
 MAX_PROMPTS = 128
 _clock = time.monotonic  # the session timer (tests swap it)
+
+# Lane priorities, most urgent first: a click's first answer, its zoom-in refinement, a background prefetch.
+CLICK, REFINE, PREFETCH = 0, 1, 2
 
 
 class PromptError(ValueError):
@@ -66,6 +76,36 @@ class MaskResult:
         return float(self.scores[self.selected])
 
 
+class LanePool:
+    """Lane numbers handed out by priority: a free lane goes to the most urgent waiting call (lowest
+    priority number); among equals, no order is promised. The most recently freed lane is handed out first."""
+
+    def __init__(self, n: int, levels: int = 3) -> None:
+        self._free = list(range(n))
+        self._waiting = [0] * levels
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, priority: int = CLICK) -> Iterator[int]:
+        """Hold a lane for the ``with`` block (blocks while none is free or a more urgent call waits)."""
+        with self._cond:
+            self._waiting[priority] += 1
+            try:
+                while not self._free or any(self._waiting[:priority]):
+                    self._cond.wait()
+                lane = self._free.pop()
+            finally:
+                self._waiting[priority] -= 1
+                if self._free:
+                    self._cond.notify_all()  # less urgent callers may now go
+        try:
+            yield lane
+        finally:
+            with self._cond:
+                self._free.append(lane)
+                self._cond.notify_all()
+
+
 class SegmentationService:
     """Owns the predictor for a process: image and embedding caches, background prefetch, session factory."""
 
@@ -83,9 +123,7 @@ class SegmentationService:
         self.predictor = self.lanes[0]
         self.image_loader = image_loader
         self.cache_size = cache_size
-        self._free: queue.LifoQueue[int] = queue.LifoQueue()  # idle lanes; the most recent one first
-        for lane in range(len(self.lanes)):
-            self._free.put(lane)
+        self._pool = LanePool(len(self.lanes))
         self._current: list[int | None] = [None] * len(self.lanes)  # each lane's image
         self._cache_lock = threading.Lock()  # guards the two LRU dicts
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -121,15 +159,6 @@ class SegmentationService:
         with self._cache_lock:
             return int(image_id) in self._encoded
 
-    @contextmanager
-    def _lane(self) -> Iterator[int]:
-        """Hold a free lane (blocks while all are busy)."""
-        lane = self._free.get()
-        try:
-            yield lane
-        finally:
-            self._free.put(lane)
-
     def _activate(self, lane: int, image_id: int) -> None:
         """Make ``image_id`` the current image of ``lane`` (call while holding that lane)."""
         if self._current[lane] == image_id:
@@ -152,17 +181,32 @@ class SegmentationService:
         point_labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_input: np.ndarray | None,
+        on_coarse: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run the predictor on ``image_id`` (3 masks): ``(masks, scores, low_res_logits)``."""
-        with self._lane() as lane:
-            self._activate(lane, int(image_id))
-            masks, scores, low_res = self.lanes[lane].predict(
-                point_coords=point_coords,
-                point_labels=point_labels,
-                box=box,
-                mask_input=mask_input,
-                multimask_output=True,
+        """Run the predictor on ``image_id`` (3 masks): ``(masks, scores, low_res_logits)``.
+
+        With ``on_coarse`` and a refining predictor (``coarse(...)`` returning mask logits, ``mask_threshold``
+        and ``predict(..., coarse=)``), the whole-image answer is passed to ``on_coarse(masks, scores,
+        low_res)`` first (see the module docstring).
+        """
+        prompts = {
+            "point_coords": point_coords,
+            "point_labels": point_labels,
+            "box": box,
+            "mask_input": mask_input,
+        }
+        coarse = None
+        if on_coarse is not None and hasattr(self.lanes[0], "coarse"):
+            with self._pool.hold(CLICK) as lane:
+                self._activate(lane, int(image_id))
+                coarse = self.lanes[lane].coarse(**prompts)
+            on_coarse(
+                coarse[0] > self.lanes[0].mask_threshold, np.asarray(coarse[1], dtype=np.float32), coarse[2]
             )
+        with self._pool.hold(CLICK if coarse is None else REFINE) as lane:
+            self._activate(lane, int(image_id))
+            extra = {} if coarse is None else {"coarse": coarse}
+            masks, scores, low_res = self.lanes[lane].predict(**prompts, multimask_output=True, **extra)
         with self._cache_lock:
             self.stats["predicts"] += 1
         return (
@@ -198,7 +242,7 @@ class SegmentationService:
                 if self.is_cached(image_id):
                     continue
                 self.image(image_id)  # disk I/O outside the predictor lock
-                with self._lane() as lane:
+                with self._pool.hold(PREFETCH) as lane:
                     self._activate(lane, image_id)
                 self.stats["prefetched"] += 1
             except Exception:  # noqa: BLE001 - a bad image must not kill the thread; opening it reports the error
@@ -229,7 +273,7 @@ class SegmentationService:
         """Open a click session on ``image_id`` (computes or reuses its embedding)."""
         image_id = int(image_id)
         img = self.image(image_id)
-        with self._lane() as lane:
+        with self._pool.hold(CLICK) as lane:
             self._activate(lane, image_id)
         return AnnotationSession(
             self,
@@ -288,16 +332,26 @@ class AnnotationSession:
     def _push(self) -> None:
         self._undo.append((list(self.points), self.box, self.result))
 
-    def add_point(self, x: float, y: float, positive: bool) -> MaskResult:
-        """Add a positive (object) or negative (background) click and return the new masks."""
+    def add_point(
+        self, x: float, y: float, positive: bool, on_coarse: Callable[[MaskResult], None] | None = None
+    ) -> MaskResult:
+        """Add a positive (object) or negative (background) click and return the new masks (``on_coarse``:
+        see the module docstring)."""
         x, y = self._check_point(x, y)
         self._check_room()
         self._push()
         self.points.append((x, y, 1 if positive else 0))
         self.clicks += 1
-        return self._run()
+        return self._run(on_coarse)
 
-    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> MaskResult:
+    def set_box(
+        self,
+        x0: float,
+        y0: float,
+        x1: float,
+        y1: float,
+        on_coarse: Callable[[MaskResult], None] | None = None,
+    ) -> MaskResult:
         """Set (or replace) the box prompt; corners in any order, inside the image, at least 1 px each way."""
         try:
             coords = [float(v) for v in (x0, y0, x1, y1)]
@@ -316,9 +370,9 @@ class AnnotationSession:
         self._push()
         self.box = (x0, y0, x1, y1)
         self.clicks += 1
-        return self._run()
+        return self._run(on_coarse)
 
-    def _run(self) -> MaskResult:
+    def _run(self, on_coarse: Callable[[MaskResult], None] | None = None) -> MaskResult:
         coords = labels = None
         if self.points:
             coords = np.array([[p[0], p[1]] for p in self.points], dtype=np.float32)
@@ -328,13 +382,24 @@ class AnnotationSession:
         mask_input = None
         if prev is not None and prev.low_res is not None:
             mask_input = prev.low_res[prev.selected][None]
-        masks, scores, low_res = self.service.predict(self.image_id, coords, labels, box, mask_input)
+        coarse = None
+        if on_coarse is not None:
+
+            def coarse(masks: np.ndarray, scores: np.ndarray, low_res: np.ndarray) -> None:
+                on_coarse(self._result(masks, scores, low_res))
+
+        masks, scores, low_res = self.service.predict(
+            self.image_id, coords, labels, box, mask_input, on_coarse=coarse
+        )
+        self.result = self._result(masks, scores, low_res)
+        return self.result
+
+    def _result(self, masks: np.ndarray, scores: np.ndarray, low_res: np.ndarray) -> MaskResult:
         if masks.ndim != 3 or masks.shape[1:] != (self.height, self.width):
             raise RuntimeError(
                 f"predictor returned masks of shape {masks.shape}, expected (K, {self.height}, {self.width})"
             )
-        self.result = MaskResult(masks, scores, int(np.argmax(scores)), self.clicks, low_res)
-        return self.result
+        return MaskResult(masks, scores, int(np.argmax(scores)), self.clicks, low_res)
 
     def undo(self) -> MaskResult | None:
         """Drop the last prompt and restore the previous masks (None when no prompt is left)."""

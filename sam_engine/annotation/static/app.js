@@ -1,5 +1,6 @@
 // sam-engine annotation page: canvas click loop over a WebSocket, task queue, history / revert, review mode.
 // No build step, no dependencies. State the tests read: body[data-ws], canvas[data-mask-area],
+// canvas[data-mask-final] ("false" while a click's quick answer shows and its zoomed-in one is coming),
 // canvas[data-image-loaded], #status text, window.samState.
 "use strict";
 
@@ -14,6 +15,7 @@
     token: null, user: null, ws: null, seq: 0, pending: new Map(), mode: "annotate",
     task: null, image: null, bitmap: null, result: null, existing: [], tasks: [], progress: null,
     drag: null, review: null, reviewItems: [], historyMask: null, pendingAccept: null, reconnectDelay: 250,
+    finalSeq: 0, // seq of the last final masks drawn: a late quick answer never replaces them
   };
   window.samState = state;
 
@@ -232,6 +234,11 @@
       return;
     }
     const waiter = msg.seq != null ? state.pending.get(msg.seq) : null;
+    if (msg.type === "masks" && msg.final === false) {
+      // the quick whole-image answer of a pending click: draw it; the zoomed-in answer follows with this seq
+      if (waiter) { await applyMasks(msg); setStatus("Refining…"); }
+      return;
+    }
     if (waiter) {
       state.pending.delete(msg.seq);
       if (msg.type === "error") waiter.reject(Object.assign(new Error(msg.message), { code: msg.code }));
@@ -282,7 +289,7 @@
     setStatus("Opening…");
     canvas.dataset.imageLoaded = "false";
     let msg;
-    try { msg = await send(message); } catch (e) { setStatus(e.message, "error"); return; }
+    try { msg = await send(Object.assign({ progressive: true }, message)); } catch (e) { setStatus(e.message, "error"); return; }
     state.task = msg.task;
     state.image = msg.image;
     state.result = null;
@@ -334,6 +341,10 @@
     const bits = msg.format === "png"
       ? await Promise.all(msg.masks.map((m) => pngDecode(m, w, h)))
       : msg.masks.map(rleDecode);
+    const final = msg.final !== false;
+    if (!final && msg.seq <= state.finalSeq) return; // its refined answer is already drawn
+    if (final && msg.seq != null) state.finalSeq = Math.max(state.finalSeq, msg.seq);
+    canvas.dataset.maskFinal = String(final);
     state.result = { bits, scores: msg.scores, areas: msg.areas, selected: msg.selected, points: msg.points, box: msg.box, clicks: msg.clicks };
     renderCandidates();
     redraw();
