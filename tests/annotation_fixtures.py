@@ -129,16 +129,9 @@ class RefiningFakePredictor(FakePredictor):
         self.coarse_calls = 0
         self.refined = 0
 
-    def coarse(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def coarse(self, *args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.coarse_calls += 1
-        masks, scores, low = super().predict(point_coords, point_labels, box, mask_input, multimask_output)
+        masks, scores, low = super().predict(*args, **kwargs)
         loose = np.repeat(masks[-1:], len(masks), axis=0)
         return np.where(loose, 8.0, -8.0).astype(np.float32), scores, low
 
