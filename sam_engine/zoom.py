@@ -150,9 +150,9 @@ class ZoomPredictor:
         if self._image is None or not self.base.is_image_set:
             raise RuntimeError("no image set: call set_image() first")
         if mask_input is None:
-            masks, scores, low = coarse or self.coarse(
-                point_coords, point_labels, box, None, multimask_output
-            )
+            if coarse is None:
+                coarse = self.coarse(point_coords, point_labels, box, None, multimask_output)
+            masks, scores, low = coarse
             if not self.refine_first or (point_coords is None and box is None):
                 return (masks if return_logits else masks > self.model.mask_threshold), scores, low
             best = int(np.argmax(scores))
@@ -164,7 +164,11 @@ class ZoomPredictor:
         focus = self._mask_focus(mask_input, self._image.shape[:2])
         out = self._zoomed(point_coords, point_labels, box, focus, multimask_output)
         if out is None:  # nothing to zoom in on: the whole-image answer stands
-            out = coarse or self.coarse(point_coords, point_labels, box, mask_input, multimask_output)
+            out = (
+                coarse
+                if coarse is not None
+                else self.coarse(point_coords, point_labels, box, mask_input, multimask_output)
+            )
         masks, scores, low = out
         return (masks if return_logits else masks > self.model.mask_threshold), scores, low
 
