@@ -18,7 +18,8 @@ from assets._common import model_metadata, numeric, workspace
 from jobs.resources import EngineResource
 from sam_engine.data.corpora import load_public
 from sam_engine.engine import human_stage
-from sam_engine.engine.models import carry_forward, evaluate_version, train_version
+from sam_engine.engine.models import carry_forward, evaluate_version, stored_evaluation, train_version
+from sam_engine.evaluation.regression import no_regression
 from sam_engine.model_store import ModelRef
 
 GROUP = "models"
@@ -129,7 +130,7 @@ def _eval_asset(version: int):
     def _evaluate(context: AssetExecutionContext, engine: EngineResource, model: ModelRef) -> Output[dict]:
         ws = workspace(engine)
         metrics = evaluate_version(ws, model, log_fn=context.log.info)
-        by_region = metrics.pop("by_region", {})
+        by_region = metrics.get("by_region", {})
         return Output(
             metrics,
             metadata={
@@ -149,33 +150,33 @@ eval_assets = [_eval_asset(v) for v in range(4)]
 def _gate(version: int):
     @asset_check(
         asset=f"eval_model_v{version}",
-        additional_ins={"previous": AssetIn(f"eval_model_v{version - 1}")},
+        name=f"v{version}_not_worse_than_v{version - 1}",
+        additional_ins={
+            "previous": AssetIn(f"eval_model_v{version - 1}"),
+            "model": AssetIn(f"model_v{version}"),
+        },
         blocking=True,
-        description=f"v{version} is at least as good as v{version - 1} on the gold set "
-        "(1-click mIoU and NoC@90, within the configured tolerance).",
+        description=f"v{version} is not worse than v{version - 1} on the gold set: 1-click IoU and NoC@90, paired "
+        "over the same objects, fail only when the lower confidence bound of the loss exceeds the tolerance.",
     )
-    def _no_regression(context: AssetCheckExecutionContext, engine: EngineResource, previous: dict):
+    def _no_regression(
+        context: AssetCheckExecutionContext, engine: EngineResource, previous: dict, model: ModelRef
+    ) -> AssetCheckResult:
         ws = workspace(engine)
-        current = context.instance.get_latest_materialization_event(
-            context.check_specs[0].asset_key
-        ).asset_materialization.metadata
-        tol = ws.cfg.eval.regression_tolerance
-        miou_now = current["gold/miou@1"].value
-        noc_now = current["gold/noc@90"].value
-        ok = miou_now >= previous["gold/miou@1"] - tol and noc_now <= previous["gold/noc@90"] + 20 * tol
+        current = stored_evaluation(ws, model)
+        if current is None or not previous.get("per_object") or not current.get("per_object"):
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=f"no per-object gold evaluation of v{version} and v{version - 1} to compare; "
+                "re-materialize both evaluations",
+            )
+        verdict = no_regression(ws.cfg.eval, previous["per_object"], current["per_object"])
+        context.log.info(f"v{version} against v{version - 1}: {verdict.as_metadata()}")
         return AssetCheckResult(
-            passed=bool(ok),
-            severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "miou@1": miou_now,
-                "previous_miou@1": previous["gold/miou@1"],
-                "noc@90": noc_now,
-                "previous_noc@90": previous["gold/noc@90"],
-                "tolerance": tol,
-            },
+            passed=verdict.passed, severity=AssetCheckSeverity.ERROR, metadata=verdict.as_metadata()
         )
 
-    _no_regression.__name__ = f"v{version}_not_worse_than_v{version - 1}"
     return _no_regression
 
 

@@ -108,7 +108,12 @@ class EvalSection(_Section):
     gold_amg_images: int = 20  # gold images for automatic-mask recall
     public_val_objects: int = 100
     max_clicks: int = 20
-    regression_tolerance: float = 0.02  # a new model may trail its predecessor's 1-click mIoU by this much
+    # The no-regression gate (sam_engine.evaluation.regression): a new model fails only when the one-sided
+    # lower confidence bound (z standard errors, paired over the gold objects) of its loss against its
+    # predecessor exceeds these tolerances: 1-click IoU, and clicks to IoU 0.9.
+    regression_tolerance: float = 0.02
+    noc_tolerance: float = 0.4
+    regression_z: float = 1.645
 
 
 class EngineConfig(_Section):
@@ -202,6 +207,7 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "public_val_objects": 12,
             "max_clicks": 5,
             "regression_tolerance": 1.0,
+            "noc_tolerance": 20.0,
         },
     },
     "default": {},

@@ -77,16 +77,16 @@ def test_checks_pass(engine_run):
         ("quality_by_stage", "quality_schema"),
         ("annotator_stats", "annotator_stats_schema"),
         ("sa1b_shards", "shard_qa_floor"),
+        *[(f"eval_model_v{v}", f"v{v}_not_worse_than_v{v - 1}") for v in (1, 2, 3)],
     ]:
         rec = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [AssetCheckKey(AssetKey(asset), check)]
         )
-        execution = rec[AssetCheckKey(AssetKey(asset), check)]
-        assert (
-            execution.evaluation.passed
-            if hasattr(execution, "evaluation")
-            else execution.event.asset_check_evaluation.passed
-        ), (asset, check)
+        evaluation = rec[AssetCheckKey(AssetKey(asset), check)].event.asset_check_evaluation
+        assert evaluation.passed, (asset, check)
+        if "_not_worse_than_" in check:
+            # the gate paired the two versions' per-object gold results
+            assert "noc@90_se_loss" in evaluation.metadata and "iou@1_mean_loss" in evaluation.metadata, check
 
 
 def test_mlflow_has_a_run_and_registered_version_per_model(engine_run):

@@ -191,13 +191,43 @@ def carry_forward(
 def evaluate_version(
     ws: Workspace, ref: ModelRef, *, with_amg: bool = True, log_fn: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Held-out evaluation on the gold set: click-protocol metrics, per region, and automatic-mask recall.
+    """Held-out evaluation on the gold set: click-protocol metrics, per region, automatic-mask recall, and
+    the per-object table (``per_object``) that the no-regression verdict pairs.
 
     Results are kept under ``<data_dir>/evaluations/`` by checkpoint hash and evaluation settings, so the
     same weights (a re-materialization, a carried-forward version) are not evaluated twice.
     """
     from ..io import atomic_write_json
 
+    cached = _evaluation_path(ws, ref, with_amg)
+    metrics = stored_evaluation(ws, ref, with_amg=with_amg)
+    if metrics is not None:
+        if log_fn:
+            log_fn(
+                f"{ref.name}: same weights and settings as an earlier evaluation ({cached.name}); reusing it"
+            )
+    else:
+        metrics = _evaluate_on_gold(ws, ref, with_amg)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cached, metrics)
+    scalars = {k: v for k, v in metrics.items() if k not in ("by_region", "per_object")}
+    if log_fn:
+        log_fn(f"{ref.name}: {json.dumps({k: round(v, 4) for k, v in scalars.items()})}")
+    if ref.mlflow_run_id:
+        from ..tracking import log_metrics
+
+        log_metrics(ws.tracking, ref.mlflow_run_id, {k.replace(">", "_gt_"): v for k, v in scalars.items()})
+    ws.model_store.update(ref.name, metrics={**ref.metrics, **scalars})
+    return metrics
+
+
+def stored_evaluation(ws: Workspace, ref: ModelRef, *, with_amg: bool = True) -> dict[str, Any] | None:
+    """The kept result of :func:`evaluate_version` for these weights and settings, or None; no side effects."""
+    cached = _evaluation_path(ws, ref, with_amg)
+    return json.loads(cached.read_text()) if cached.exists() else None
+
+
+def _evaluation_path(ws: Workspace, ref: ModelRef, with_amg: bool) -> Path:
     cfg = ws.cfg
     settings = {
         "eval": cfg.eval.model_dump(),
@@ -205,37 +235,19 @@ def evaluate_version(
         "seed": cfg.seed,
         "amg": amg_params(ws).model_dump() if with_amg else None,
         "corpus": cfg.corpus.model_dump(),
+        "per_object": 1,  # results carry the per-object table
     }
     key = hashlib.sha256(f"{ref.sha256}:{json.dumps(settings, sort_keys=True, default=str)}".encode())
-    cached = cfg.data_dir / "evaluations" / f"{key.hexdigest()[:24]}.json"
-    if cached.exists():
-        metrics = json.loads(cached.read_text())
-        by_region = metrics.pop("by_region", {})
-        if log_fn:
-            log_fn(
-                f"{ref.name}: same weights and settings as an earlier evaluation ({cached.name}); reusing it"
-            )
-    else:
-        metrics, by_region = _evaluate_on_gold(ws, ref, with_amg)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cached, {**metrics, "by_region": by_region})
-    if log_fn:
-        log_fn(f"{ref.name}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
-    if ref.mlflow_run_id:
-        from ..tracking import log_metrics
-
-        log_metrics(ws.tracking, ref.mlflow_run_id, {k.replace(">", "_gt_"): v for k, v in metrics.items()})
-    ws.model_store.update(ref.name, metrics={**ref.metrics, **metrics})
-    metrics["by_region"] = by_region
-    return metrics
+    return cfg.data_dir / "evaluations" / f"{key.hexdigest()[:24]}.json"
 
 
-def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> tuple[dict[str, Any], dict]:
+def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> dict[str, Any]:
     from ..evaluation.interactive import ClickProtocol, evaluate_corpus
+    from ..evaluation.regression import per_object_table
 
     cfg = ws.cfg
     protocol = ClickProtocol(max_clicks=cfg.eval.max_clicks)
-    _, summary = evaluate_corpus(
+    per_object, summary = evaluate_corpus(
         ws.predictor(ref), ws.gold, protocol, max_objects=cfg.eval.gold_objects, seed=cfg.seed, min_area=16
     )
     metrics: dict[str, Any] = {
@@ -244,7 +256,9 @@ def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> tuple[dic
     if with_amg:
         amg = amg_recall(ws, ref)
         metrics.update({f"gold_amg/{k}": float(v) for k, v in amg.items()})
-    return metrics, summary.get("by_region") or {}
+    metrics["by_region"] = summary.get("by_region") or {}
+    metrics["per_object"] = per_object_table(per_object)
+    return metrics
 
 
 def amg_params(ws: Workspace):

@@ -1,0 +1,113 @@
+"""The no-regression verdict between two model versions, paired over the same gold objects.
+
+Two fine-tunes of the same recipe differ by chance, so a point comparison of mean NoC@90 over 150 objects
+fails good models now and then. The verdict instead pairs the objects both versions were evaluated on, and
+calls a metric a regression only when the one-sided lower confidence bound of its mean per-object loss
+exceeds the tolerance: ``mean(loss) - z * se(loss) > tolerance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from math import sqrt
+from typing import Any
+
+import numpy as np
+
+# metric -> +1 when higher is better, -1 when lower is better
+METRIC_SENSE: dict[str, int] = {"iou@1": 1, "noc@90": -1}
+
+
+@dataclass
+class MetricVerdict:
+    """One metric's paired comparison; ``loss`` is positive when the current version is worse."""
+
+    metric: str
+    previous: float
+    current: float
+    n_paired: int
+    mean_loss: float
+    se_loss: float
+    tolerance: float
+    regressed: bool
+
+    def as_metadata(self) -> dict[str, float]:
+        m = self.metric
+        return {
+            f"previous_{m}": self.previous,
+            m: self.current,
+            f"{m}_mean_loss": self.mean_loss,
+            f"{m}_se_loss": self.se_loss,
+            f"{m}_tolerance": self.tolerance,
+        }
+
+
+@dataclass
+class RegressionVerdict:
+    passed: bool
+    z: float
+    metrics: list[MetricVerdict] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"z": self.z}
+        for mv in self.metrics:
+            out.update(mv.as_metadata())
+        out["regressed"] = ", ".join(mv.metric for mv in self.metrics if mv.regressed) or "none"
+        return out
+
+
+def per_object_table(df: Any, metrics: Sequence[str] = tuple(METRIC_SENSE)) -> dict[str, list]:
+    """The columns a later verdict needs, from :func:`evaluate_objects`'s DataFrame, as JSON-ready lists."""
+    if len(df) == 0:
+        return {"key": [], **{m: [] for m in metrics}}
+    keys = [f"{i}:{o}" for i, o in zip(df["image_id"], df["object_id"], strict=True)]
+    return {"key": keys, **{m: [float(v) for v in df[m]] for m in metrics}}
+
+
+def compare_versions(
+    previous: Mapping[str, Sequence],
+    current: Mapping[str, Sequence],
+    tolerances: Mapping[str, float],
+    z: float = 1.645,
+) -> RegressionVerdict:
+    """Paired verdict of ``current`` against ``previous`` (tables from :func:`per_object_table`).
+
+    Objects are matched by key; a metric regresses when ``mean(loss) - z * se(loss) > tolerance``.
+    Raises ``ValueError`` when the tables share no object.
+    """
+    prev_idx = {k: i for i, k in enumerate(previous["key"])}
+    pairs = [(prev_idx[k], j) for j, k in enumerate(current["key"]) if k in prev_idx]
+    if not pairs:
+        raise ValueError(
+            "the two evaluations share no gold object; compare evaluations of the same gold sample"
+        )
+    pi = np.array([p for p, _ in pairs])
+    ci = np.array([c for _, c in pairs])
+    verdict = RegressionVerdict(passed=True, z=z)
+    for metric, tol in tolerances.items():
+        sense = METRIC_SENSE[metric]
+        prev = np.asarray(previous[metric], dtype=float)[pi]
+        cur = np.asarray(current[metric], dtype=float)[ci]
+        loss = sense * (prev - cur)
+        n = len(loss)
+        se = float(loss.std(ddof=1) / sqrt(n)) if n > 1 else 0.0
+        mean_loss = float(loss.mean())
+        regressed = mean_loss - z * se > tol
+        verdict.metrics.append(
+            MetricVerdict(metric, float(prev.mean()), float(cur.mean()), n, mean_loss, se, tol, regressed)
+        )
+        verdict.passed &= not regressed
+    return verdict
+
+
+def no_regression(
+    eval_cfg: Any, previous: Mapping[str, Sequence], current: Mapping[str, Sequence]
+) -> RegressionVerdict:
+    """:func:`compare_versions` with the engine's tolerances (``EvalSection``)."""
+    return compare_versions(
+        previous,
+        current,
+        {"iou@1": eval_cfg.regression_tolerance, "noc@90": eval_cfg.noc_tolerance},
+        z=eval_cfg.regression_z,
+    )
