@@ -172,9 +172,12 @@ def _gate(version: int):
                 "re-materialize both evaluations",
             )
         verdict = no_regression(ws.cfg.eval, previous["per_object"], current["per_object"])
-        context.log.info(f"v{version} against v{version - 1}: {verdict.as_metadata()}")
+        context.log.info(f"v{version} against v{version - 1}: {verdict.summary()}")
         return AssetCheckResult(
-            passed=verdict.passed, severity=AssetCheckSeverity.ERROR, metadata=verdict.as_metadata()
+            passed=verdict.passed,
+            severity=AssetCheckSeverity.ERROR,
+            metadata=verdict.as_metadata(),
+            description=f"v{version} against v{version - 1}: {verdict.summary()}",
         )
 
     return _no_regression

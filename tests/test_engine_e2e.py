@@ -103,3 +103,28 @@ def test_mlflow_has_a_run_and_registered_version_per_model(engine_run):
         assert version
         mv = client.get_model_version(client.search_registered_models()[0].name, version)
         assert mv.run_id == run.info.run_id
+
+
+def test_a_regressing_model_stops_the_engine(tmp_path, monkeypatch):
+    """The gate is blocking: a v1 that fails it (here: a tolerance no model can meet) stops the run before stage 2,
+    and the check says which metric regressed."""
+    from dagster import AssetCheckKey
+
+    from jobs import run_engine
+
+    overrides = json.dumps({"data_dir": str(tmp_path), "eval": {"regression_tolerance": -1.0}})
+    with DagsterInstance.ephemeral() as instance:
+        monkeypatch.setattr(DagsterInstance, "get", staticmethod(lambda: instance))
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+        with pytest.raises(SystemExit) as stopped:
+            run_engine.main(["--profile", "smoke", "--overrides", overrides])
+        assert stopped.value.code == 1
+        assert instance.get_latest_materialization_event(AssetKey("eval_model_v1")) is not None
+        assert instance.get_latest_materialization_event(AssetKey("stage2_proposals")) is None
+        key = AssetCheckKey(AssetKey("eval_model_v1"), "v1_not_worse_than_v0")
+        evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[
+            key
+        ].event.asset_check_evaluation
+        assert not evaluation.passed
+        assert evaluation.metadata["regressed"].value == "iou@1"
+        assert "REGRESSED" in evaluation.description

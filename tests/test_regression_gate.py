@@ -48,6 +48,8 @@ def test_consistent_loss_fails():
     v = compare_versions(_table(iou, prev_noc), _table(iou, prev_noc + 1 + rng.integers(0, 2, 150)), TOL)
     assert not v.passed
     assert v.as_metadata()["regressed"] == "noc@90"
+    line = v.summary()
+    assert "noc@90:" in line and "REGRESSED" in line and "iou@1:" in line and line.count("REGRESSED") == 1
 
 
 def test_iou_drop_fails_and_gain_passes():

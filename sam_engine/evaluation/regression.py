@@ -56,6 +56,15 @@ class RegressionVerdict:
         out["regressed"] = ", ".join(mv.metric for mv in self.metrics if mv.regressed) or "none"
         return out
 
+    def summary(self) -> str:
+        """One line per metric, for logs and the check's description."""
+        return "; ".join(
+            f"{mv.metric}: {mv.current:.3f} against {mv.previous:.3f} over {mv.n_paired} objects, mean loss "
+            f"{mv.mean_loss:+.3f} (se {mv.se_loss:.3f}), tolerance {mv.tolerance:g} -> "
+            f"{'REGRESSED' if mv.regressed else 'ok'}"
+            for mv in self.metrics
+        )
+
 
 def per_object_table(df: Any, metrics: Sequence[str] = tuple(METRIC_SENSE)) -> dict[str, list]:
     """The columns a later verdict needs, from :func:`evaluate_objects`'s DataFrame, as JSON-ready lists."""
