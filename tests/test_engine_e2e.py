@@ -67,6 +67,7 @@ def test_every_stage_produced_masks(engine_run):
     assert sum(len(r["annotations"]) for s in shards for r in read_shard_records(s)) > 0
     report = (data / "reports" / "engine_report.txt").read_text()
     assert "Models on the gold set" in report and "v3" in report
+    assert "Paired changes on the same gold objects" in report and "v0 -> v1" in report
 
 
 def test_checks_pass(engine_run):

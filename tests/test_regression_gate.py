@@ -90,3 +90,23 @@ def test_per_object_table_from_evaluation_frame():
     t = per_object_table(df)
     assert t == {"key": ["7:1", "7:2", "9:1"], "iou@1": [0.5, 0.6, 0.7], "noc@90": [3.0, 20.0, 1.0]}
     assert per_object_table(df.iloc[:0]) == {"key": [], "iou@1": [], "noc@90": []}
+
+
+def test_report_table_of_paired_changes_between_versions():
+    from sam_engine.engine.report import paired_changes
+
+    rng = np.random.default_rng(4)
+    iou = rng.uniform(0.2, 0.8, 60)
+    noc = rng.integers(2, 21, 60).astype(float)
+    evals = {
+        "v0": {"per_object": _table(iou, noc)},
+        "v1": {"per_object": _table(iou + 0.05, noc - 1)},  # better on every object
+        "v2": {"per_object": _table(iou - 0.2, noc - 1)},  # much worse 1-click IoU, same NoC
+        "v3": {"gold/miou@1": 0.5},  # no per-object results (an old evaluation): left out
+    }
+    t = paired_changes(evals, EvalSection())
+    assert list(t["change"]) == ["v0 -> v1", "v1 -> v2"]
+    assert t["iou@1 change"].tolist() == pytest.approx([0.05, -0.25])
+    assert t["noc@90 change"].tolist() == pytest.approx([-1.0, 0.0])
+    assert t["gate"].tolist() == ["passed", "regressed: iou@1"]
+    assert (t["objects"] == 60).all()

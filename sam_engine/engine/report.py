@@ -91,6 +91,30 @@ def models_table(evals: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_changes(evals: dict[str, dict], cfg_eval: Any) -> pd.DataFrame:
+    """Each model against the one before it on the same gold objects: mean paired change and its standard
+    error for 1-click IoU and NoC@90, and the no-regression gate's verdict (see
+    :mod:`sam_engine.evaluation.regression`). Pairs without per-object results are left out."""
+    from ..evaluation.regression import no_regression
+
+    names = list(evals)
+    rows = []
+    for prev, cur in zip(names, names[1:], strict=False):
+        a, b = evals[prev].get("per_object"), evals[cur].get("per_object")
+        if not a or not b or not a.get("key") or not b.get("key"):
+            continue
+        verdict = no_regression(cfg_eval, a, b)
+        row: dict[str, Any] = {"change": f"{prev} -> {cur}", "objects": verdict.metrics[0].n_paired}
+        for mv in verdict.metrics:
+            # the change in the metric's own direction: + is more IoU, or more clicks
+            sense = 1 if mv.metric == "iou@1" else -1
+            row[f"{mv.metric} change"] = round(-sense * mv.mean_loss, 4) + 0.0  # no "-0.0"
+            row[f"{mv.metric} se"] = round(mv.se_loss, 4)
+        row["gate"] = "passed" if verdict.passed else "regressed: " + verdict.as_metadata()["regressed"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def models_chart(models: pd.DataFrame) -> str:
     import matplotlib
 
@@ -179,6 +203,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Assemble the report; writes ``reports/engine_report.html`` (and .md) under the data folder."""
     models = models_table(evals)
+    changes = paired_changes(evals, ws.cfg.eval)
     gold_true = sum(
         1 for anns in ws.gold.annotations.values() for a in anns if a.get("level", "whole") == "whole"
     )
@@ -217,6 +242,8 @@ def build_report(
             f"Models on the gold set (held out; clicks answered {predictor_desc})",
             _text_table(models),
             *carried,
+            "Paired changes on the same gold objects (mean, standard error; the no-regression gate)",
+            _text_table(changes) if len(changes) else "(no per-object results)",
             "",
             "Region coverage",
             _text_table(coverage),
@@ -232,6 +259,8 @@ def build_report(
             f"### Models on the gold set (clicks answered {predictor_desc})",
             _md_table(models),
             *[f"_{n}_" for n in carried],
+            "Paired changes on the same gold objects (mean, standard error; the no-regression gate):",
+            _md_table(changes) if len(changes) else "_no per-object results_",
             models_chart(models),
             "### Region coverage",
             _md_table(coverage),
