@@ -129,6 +129,7 @@ def test_cli_on_smoke_gold_with_a_real_model(smoke_cfg, smoke_corpora, tmp_path,
     assert rc == 0
     text = capsys.readouterr().out
     assert "clicks_per_mask" in text and "change a -> b" in text
+    assert "per-object clicks: +0 (paired se 0, 3 objects)" in text  # same weights: no change on any object
     data = json.loads(out.read_text())
     assert data["summary"]["a"] == data["summary"]["b"]  # same weights, same seed
     assert data["summary"]["a"]["n_objects"] == 3
@@ -143,3 +144,12 @@ def test_cli_on_smoke_gold_with_a_real_model(smoke_cfg, smoke_corpora, tmp_path,
     bad.write_bytes(b"not a checkpoint")
     assert main(["--checkpoints", f"v0={bad}", *argv]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_paired_change_matches_objects_by_id():
+    from sam_engine.evaluation.annotator_effort import paired_change
+
+    base = [{"image_id": 1, "object_id": k, "clicks": c} for k, c in enumerate([5, 7, 9])]
+    cur = [{"image_id": 1, "object_id": k, "clicks": c} for k, c in [(2, 8), (0, 4), (1, 6), (9, 1)]]
+    diff, se, n = paired_change(base, cur, "clicks")
+    assert (diff, se, n) == (-1.0, 0.0, 3)  # every shared object one click fewer; object 9 is not paired

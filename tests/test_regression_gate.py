@@ -110,3 +110,11 @@ def test_report_table_of_paired_changes_between_versions():
     assert t["noc@90 change"].tolist() == pytest.approx([-1.0, 0.0])
     assert t["gate"].tolist() == ["passed", "regressed: iou@1"]
     assert (t["objects"] == 60).all()
+
+
+def test_paired_difference_mean_and_standard_error():
+    from sam_engine.evaluation.regression import paired_difference
+
+    diff, se, n = paired_difference({"a": 1.0, "b": 2.0, "c": 3.0}, {"c": 5.0, "a": 1.0, "b": 2.0, "x": 9.0})
+    assert n == 3 and diff == pytest.approx(2 / 3)
+    assert se == pytest.approx(np.std([0.0, 0.0, 2.0], ddof=1) / np.sqrt(3))

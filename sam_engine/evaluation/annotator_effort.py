@@ -162,6 +162,16 @@ def _parse_checkpoints(items: Sequence[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def paired_change(base: list[dict], current: list[dict], column: str) -> tuple[float, float, int]:
+    """Mean per-object change of ``column`` from ``base`` to ``current`` rows, its standard error, and count."""
+    from .regression import paired_difference
+
+    def by_object(rows: list[dict]) -> dict:
+        return {(r["image_id"], r["object_id"]): r[column] for r in rows}
+
+    return paired_difference(by_object(base), by_object(current))
+
+
 def _table(name: str, summary: dict[str, float]) -> str:
     lines = [f"{name}:"]
     for key in SUMMARY_KEYS:
@@ -234,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in SUMMARY_KEYS[1:]:
             if key in base and key in cur:
                 print(f"  {key:<18} {cur[key] - base[key]:+.4g}")
+        for column in ("clicks", "seconds"):
+            diff, se, n = paired_change(results[names[0]].rows, results[name].rows, column)
+            print(f"  per-object {column}: {diff:+.4g} (paired se {se:.3g}, {n} objects)")
     if args.json:
         payload = {
             "annotator": profile.as_dict(),

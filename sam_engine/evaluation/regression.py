@@ -8,7 +8,7 @@ exceeds the tolerance: ``mean(loss) - z * se(loss) > tolerance``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import sqrt
 from typing import Any
@@ -74,6 +74,23 @@ def per_object_table(df: Any, metrics: Sequence[str] = tuple(METRIC_SENSE)) -> d
     return {"key": keys, **{m: [float(v) for v in df[m]] for m in metrics}}
 
 
+def paired_difference(
+    previous: Mapping[Hashable, float], current: Mapping[Hashable, float]
+) -> tuple[float, float, int]:
+    """Mean and standard error of ``current - previous`` over the keys both have, and how many those are.
+
+    Raises ``ValueError`` when they share no key.
+    """
+    keys = [k for k in current if k in previous]
+    if not keys:
+        raise ValueError(
+            "the two evaluations share no gold object; compare evaluations of the same gold sample"
+        )
+    d = np.array([float(current[k]) - float(previous[k]) for k in keys])
+    se = float(d.std(ddof=1) / sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se, len(d)
+
+
 def compare_versions(
     previous: Mapping[str, Sequence],
     current: Mapping[str, Sequence],
@@ -85,26 +102,26 @@ def compare_versions(
     Objects are matched by key; a metric regresses when ``mean(loss) - z * se(loss) > tolerance``.
     Raises ``ValueError`` when the tables share no object.
     """
-    prev_idx = {k: i for i, k in enumerate(previous["key"])}
-    pairs = [(prev_idx[k], j) for j, k in enumerate(current["key"]) if k in prev_idx]
-    if not pairs:
-        raise ValueError(
-            "the two evaluations share no gold object; compare evaluations of the same gold sample"
-        )
-    pi = np.array([p for p, _ in pairs])
-    ci = np.array([c for _, c in pairs])
     verdict = RegressionVerdict(passed=True, z=z)
     for metric, tol in tolerances.items():
         sense = METRIC_SENSE[metric]
-        prev = np.asarray(previous[metric], dtype=float)[pi]
-        cur = np.asarray(current[metric], dtype=float)[ci]
-        loss = sense * (prev - cur)
-        n = len(loss)
-        se = float(loss.std(ddof=1) / sqrt(n)) if n > 1 else 0.0
-        mean_loss = float(loss.mean())
+        prev = dict(zip(previous["key"], previous[metric], strict=True))
+        cur = dict(zip(current["key"], current[metric], strict=True))
+        diff, se, n = paired_difference(prev, cur)
+        mean_loss = -sense * diff + 0.0
+        paired = [k for k in cur if k in prev]
         regressed = mean_loss - z * se > tol
         verdict.metrics.append(
-            MetricVerdict(metric, float(prev.mean()), float(cur.mean()), n, mean_loss, se, tol, regressed)
+            MetricVerdict(
+                metric,
+                float(np.mean([prev[k] for k in paired])),
+                float(np.mean([cur[k] for k in paired])),
+                n,
+                mean_loss,
+                se,
+                tol,
+                regressed,
+            )
         )
         verdict.passed &= not regressed
     return verdict
