@@ -50,8 +50,12 @@ def test_evaluation_is_reused_for_the_same_weights_only(ws_with_v2, monkeypatch,
     from sam_engine.model.checkpoint import save_checkpoint
 
     ws, v2 = ws_with_v2
+    assert models.stored_evaluation(ws, v2, with_amg=False) is None
     first = models.evaluate_version(ws, v2, with_amg=False)
     assert first["gold/n_objects"] > 0 and "by_region" in first
+    # the per-object table the gate pairs: one row per evaluated object
+    assert len(first["per_object"]["key"]) == len(first["per_object"]["noc@90"]) == first["gold/n_objects"]
+    assert models.stored_evaluation(ws, v2, with_amg=False) == first
     v3, _ = models.carry_forward(ws, "model_v3", v2, "no new masks")
 
     def not_again(*args, **kwargs):
@@ -60,6 +64,10 @@ def test_evaluation_is_reused_for_the_same_weights_only(ws_with_v2, monkeypatch,
     monkeypatch.setattr(models, "_evaluate_on_gold", not_again)
     reused = models.evaluate_version(ws, v3, with_amg=False)
     assert reused == first
+    # the gate's tolerances are not evaluation settings: changing them reuses the evaluation
+    monkeypatch.setattr(ws.cfg.eval, "noc_tolerance", 3.0)
+    monkeypatch.setattr(ws.cfg.eval, "regression_z", 2.0)
+    assert models.evaluate_version(ws, v3, with_amg=False) == first
     assert ws.model_store.get("model_v3").metrics["gold/miou@1"] == first["gold/miou@1"]
     other = tmp_path / "other.pt"
     save_checkpoint(build_sam("tiny", seed=4), other)

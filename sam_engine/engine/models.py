@@ -230,7 +230,8 @@ def stored_evaluation(ws: Workspace, ref: ModelRef, *, with_amg: bool = True) ->
 def _evaluation_path(ws: Workspace, ref: ModelRef, with_amg: bool) -> Path:
     cfg = ws.cfg
     settings = {
-        "eval": cfg.eval.model_dump(),
+        # the gate's tolerances do not change what an evaluation measures
+        "eval": cfg.eval.model_dump(exclude={"regression_tolerance", "noc_tolerance", "regression_z"}),
         "zoom": [cfg.model.zoom_in, cfg.model.zoom_expansion],
         "seed": cfg.seed,
         "amg": amg_params(ws).model_dump() if with_amg else None,
