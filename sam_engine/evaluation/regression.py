@@ -45,6 +45,8 @@ class MetricVerdict:
 
 @dataclass
 class RegressionVerdict:
+    """The gate's answer: passed unless some metric regressed."""
+
     passed: bool
     z: float
     metrics: list[MetricVerdict] = field(default_factory=list)
@@ -57,7 +59,7 @@ class RegressionVerdict:
         return out
 
     def summary(self) -> str:
-        """One line per metric, for logs and the check's description."""
+        """One clause per metric, for logs and the check's description."""
         return "; ".join(
             f"{mv.metric}: {mv.current:.3f} against {mv.previous:.3f} over {mv.n_paired} objects, mean loss "
             f"{mv.mean_loss:+.3f} (se {mv.se_loss:.3f}), tolerance {mv.tolerance:g} -> "
