@@ -200,7 +200,7 @@ def evaluate_version(
     from ..io import atomic_write_json
 
     cached = _evaluation_path(ws, ref, with_amg)
-    metrics = stored_evaluation(ws, ref, with_amg=with_amg)
+    metrics = _read_evaluation(cached)
     if metrics is not None:
         if log_fn:
             log_fn(
@@ -223,8 +223,11 @@ def evaluate_version(
 
 def stored_evaluation(ws: Workspace, ref: ModelRef, *, with_amg: bool = True) -> dict[str, Any] | None:
     """The kept result of :func:`evaluate_version` for these weights and settings, or None; no side effects."""
-    cached = _evaluation_path(ws, ref, with_amg)
-    return json.loads(cached.read_text()) if cached.exists() else None
+    return _read_evaluation(_evaluation_path(ws, ref, with_amg))
+
+
+def _read_evaluation(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _evaluation_path(ws: Workspace, ref: ModelRef, with_amg: bool) -> Path:

@@ -95,7 +95,7 @@ def paired_changes(evals: dict[str, dict], cfg_eval: Any) -> pd.DataFrame:
     """Each model against the one before it on the same gold objects: mean paired change and its standard
     error for 1-click IoU and NoC@90, and the no-regression gate's verdict (see
     :mod:`sam_engine.evaluation.regression`). Pairs without per-object results are left out."""
-    from ..evaluation.regression import METRIC_SENSE, no_regression
+    from ..evaluation.regression import no_regression
 
     names = list(evals)
     rows = []
@@ -106,9 +106,8 @@ def paired_changes(evals: dict[str, dict], cfg_eval: Any) -> pd.DataFrame:
         verdict = no_regression(cfg_eval, a, b)
         row: dict[str, Any] = {"change": f"{prev} -> {cur}", "objects": verdict.metrics[0].n_paired}
         for mv in verdict.metrics:
-            # the change in the metric's own direction: + is more IoU, or more clicks
-            sense = METRIC_SENSE[mv.metric]
-            row[f"{mv.metric} change"] = round(-sense * mv.mean_loss, 4) + 0.0  # no "-0.0"
+            # + is more IoU, or more clicks
+            row[f"{mv.metric} change"] = round(mv.mean_change, 4) + 0.0  # + 0.0: no "-0.0"
             row[f"{mv.metric} se"] = round(mv.se_loss, 4)
         row["gate"] = "passed" if verdict.passed else "regressed: " + verdict.as_metadata()["regressed"]
         rows.append(row)

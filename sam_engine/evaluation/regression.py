@@ -21,16 +21,27 @@ METRIC_SENSE: dict[str, int] = {"iou@1": 1, "noc@90": -1}
 
 @dataclass
 class MetricVerdict:
-    """One metric's paired comparison; ``loss`` is positive when the current version is worse."""
+    """One metric's paired comparison over ``n_paired`` objects.
+
+    ``mean_change`` is the mean of current minus previous; ``mean_loss`` is that change turned so that it is
+    positive when the current version is worse.
+    """
 
     metric: str
-    previous: float
-    current: float
-    n_paired: int
-    mean_loss: float
+    previous: float  # mean over the paired objects
+    mean_change: float
     se_loss: float
+    n_paired: int
     tolerance: float
     regressed: bool
+
+    @property
+    def current(self) -> float:
+        return self.previous + self.mean_change
+
+    @property
+    def mean_loss(self) -> float:
+        return -METRIC_SENSE[self.metric] * self.mean_change + 0.0  # + 0.0: no "-0.0"
 
     def as_metadata(self) -> dict[str, float]:
         m = self.metric
@@ -47,9 +58,12 @@ class MetricVerdict:
 class RegressionVerdict:
     """The gate's answer: passed unless some metric regressed."""
 
-    passed: bool
     z: float
     metrics: list[MetricVerdict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not any(mv.regressed for mv in self.metrics)
 
     def as_metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {"z": self.z}
@@ -104,28 +118,16 @@ def compare_versions(
     Objects are matched by key; a metric regresses when ``mean(loss) - z * se(loss) > tolerance``.
     Raises ``ValueError`` when the tables share no object.
     """
-    verdict = RegressionVerdict(passed=True, z=z)
+    verdict = RegressionVerdict(z=z)
     for metric, tol in tolerances.items():
-        sense = METRIC_SENSE[metric]
         prev = dict(zip(previous["key"], previous[metric], strict=True))
         cur = dict(zip(current["key"], current[metric], strict=True))
-        diff, se, n = paired_difference(prev, cur)
-        mean_loss = -sense * diff + 0.0
-        paired = [k for k in cur if k in prev]
-        regressed = mean_loss - z * se > tol
-        verdict.metrics.append(
-            MetricVerdict(
-                metric,
-                float(np.mean([prev[k] for k in paired])),
-                float(np.mean([cur[k] for k in paired])),
-                n,
-                mean_loss,
-                se,
-                tol,
-                regressed,
-            )
+        change, se, n = paired_difference(prev, cur)
+        mv = MetricVerdict(
+            metric, float(np.mean([v for k, v in prev.items() if k in cur])), change, se, n, tol, False
         )
-        verdict.passed &= not regressed
+        mv.regressed = mv.mean_loss - z * se > tol
+        verdict.metrics.append(mv)
     return verdict
 
 
