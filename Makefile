@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(SAM_ENGINE_DATA_DIR)/dagster_home
 export MLFLOW_TRACKING_URI := sqlite:///$(SAM_ENGINE_DATA_DIR)/mlflow.db
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv venv-test run ui test bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
+.PHONY: venv venv-test run pretrain ui test bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
 
 # `venv`: what the engine needs (make run, ui, annotate); `venv-test` adds the test, benchmark and lint tools.
 # Byte-compiling is done by compileall on every core instead of pip's one-by-one pass (same .pyc files).
@@ -38,8 +38,13 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "note: could not install chromium; browser tests will be skipped"; \
 	  else echo "note: chromium missing and not root; browser tests will be skipped"; fi; }
 
+# PRETRAIN=1 trains v0 from scratch in the run instead of starting from the released checkpoint.
 run: venv dagster-home
-	$(PY) -m jobs.run_engine --profile $(PROFILE)
+	$(PY) -m jobs.run_engine --profile $(PROFILE) $(if $(PRETRAIN),--pretrain)
+
+# Rebuild the released public-data checkpoint (released/public_v0.{pt,json}) with its recorded recipe.
+pretrain: venv
+	$(PY) -m sam_engine.release build --profile $(PROFILE)
 
 ui: venv dagster-home
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

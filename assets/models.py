@@ -18,7 +18,13 @@ from assets._common import model_metadata, numeric, workspace
 from jobs.resources import EngineResource
 from sam_engine.data.corpora import load_public
 from sam_engine.engine import human_stage
-from sam_engine.engine.models import carry_forward, evaluate_version, stored_evaluation, train_version
+from sam_engine.engine.models import (
+    carry_forward,
+    evaluate_version,
+    released_version,
+    stored_evaluation,
+    train_version,
+)
 from sam_engine.evaluation.regression import no_regression
 from sam_engine.model_store import ModelRef
 
@@ -26,14 +32,21 @@ GROUP = "models"
 
 
 @asset(
-    group_name=GROUP, deps=["public_corpus"], description="v0: pretrained from scratch on the public corpus."
+    group_name=GROUP,
+    deps=["public_corpus"],
+    description="v0: the released public-data checkpoint (released/, `make pretrain`) when its recipe and "
+    "corpus match this configuration, else pretrained here from scratch on the public corpus.",
 )
 def model_v0(context: AssetExecutionContext, engine: EngineResource) -> Output[ModelRef]:
     ws = workspace(engine)
+    released = released_version(ws, "model_v0", log_fn=context.log.info)
+    if released is not None:
+        ref, _ = released
+        return Output(ref, metadata={**model_metadata(ref), "trained_now": False, "released": True})
     train = load_public(ws.cfg, "train")
     val = load_public(ws.cfg, "val") if not ws.cfg.corpus.public_coco_json else None
     ref, trained = train_version(ws, "model_v0", train, None, val_corpus=val, log_fn=context.log.info)
-    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained})
+    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained, "released": False})
 
 
 def _store_masks_corpus(ws, stages: list[int]):

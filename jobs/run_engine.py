@@ -7,6 +7,7 @@ then each shard partition, then what depends on all shards (model v3, quality, t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -49,8 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("SAM_ENGINE_OVERRIDES", "{}"),
         help="JSON merged over the profile",
     )
+    parser.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="train v0 here from scratch instead of starting from the released checkpoint",
+    )
     args = parser.parse_args(argv)
-    engine = EngineResource(profile=args.profile, overrides=args.overrides)
+    overrides = args.overrides
+    if args.pretrain:
+        merged = json.loads(overrides or "{}")
+        merged.setdefault("train", {})["use_release"] = False
+        overrides = json.dumps(merged)
+    engine = EngineResource(profile=args.profile, overrides=overrides)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     assets = list(defs.assets) + list(defs.asset_checks or [])
     t0 = time.perf_counter()

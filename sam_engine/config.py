@@ -41,7 +41,7 @@ class CorpusConfig(_Section):
 
 
 class ModelSection(_Section):
-    name: str = "tiny"  # a key of sam_engine.model.MODEL_CONFIGS
+    name: str = "tiny_conv"  # a key of sam_engine.model.MODEL_CONFIGS
     checkpoint: str | None = None  # optional starting checkpoint (own format or official SAM)
     # Clicks after the first are answered on a crop around the object (sam_engine/zoom.py), and the first
     # click's best mask is refined once there; evaluations, annotation sessions and simulated annotators all
@@ -62,6 +62,19 @@ class TrainSection(_Section):
     finetune_steps: int = 600
     finetune_minutes: float = 1.5  # per fine-tune (v1, v2, v3); the default run has three
     finetune_lr: float = 3e-4
+    # The interactive-training recipe (sam_engine/training/prompts.py): ungraded click rounds before the
+    # graded ones, mask-only rounds, share of protocol-placed corrective clicks, share of zoomed-in crops.
+    masks_per_image: int = 8
+    prompts_per_mask: int = 1
+    ungraded_rounds_max: int = 4
+    mask_only_rounds: int = 1
+    center_prob: float = 0.5
+    zoom_prob: float = 0.5
+    # v0 starts from the released public-data checkpoint (released/, made by `make pretrain`) when its
+    # recipe matches this configuration; False (PRETRAIN=1 make run) trains v0 here from scratch instead.
+    use_release: bool = True
+    pretrain_steps: int = 5000  # the release's recipe: steps on the public corpus ...
+    pretrain_extra_images: int = 18000  # ... plus this many more public images from the same generator
     num_workers: int = 0
     # Predictors, AMG and training: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N.
     device: str = "auto"

@@ -380,9 +380,9 @@ def test_ungraded_rounds_feed_later_clicks_without_gradients(corpus_a, monkeypat
     calls = []
     original = m.model.mask_decoder.predict_masks
 
-    def spy(emb, pe, sparse, dense):
+    def spy(emb, pe, sparse, dense, *maps):
         calls.append((torch.is_grad_enabled(), sparse.shape[1]))
-        return original(emb, pe, sparse, dense)
+        return original(emb, pe, sparse, dense, *maps)
 
     monkeypatch.setattr(m.model.mask_decoder, "predict_masks", spy)
     b_idx, k_idx = batch["valid"].nonzero(as_tuple=True)

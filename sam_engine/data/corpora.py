@@ -212,6 +212,31 @@ def generate_corpora(
     return manifest
 
 
+def extra_public_images(cfg: EngineConfig, count: int, folder: Path) -> tuple[Path | None, str | None]:
+    """``count`` more domain-A images, at indices after the engine's public corpus (so the public validation
+    split stays held out), written as COCO to ``folder`` (``annotations.json`` + ``images/``); reused when
+    already written with these settings. Returns (annotations path, its sha256), or (None, None) for 0."""
+    if count <= 0:
+        return None, None
+    c = cfg.corpus
+    settings = {**_settings(c, cfg.seed), "extra_start": c.public_images, "extra_count": count}
+    folder = Path(folder)
+    marker = folder / "settings.json"
+    if marker.is_file() and json.loads(marker.read_text()) == settings:
+        return folder / "annotations.json", _sha(folder / "annotations.json")
+    tmp = _staging(folder)
+    start = c.public_images
+    results = _run_jobs(
+        [(PUBLIC, cfg.seed, i, tuple(c.public_size), c.regions, tmp / "images") for i in range(start, start + count)],
+        min(2, os.cpu_count() or 1),
+        "extra public images",
+    )
+    write_coco(tmp / "annotations.json", [r for r, _ in results], [a for _, anns in results for a in anns])
+    atomic_write_json(tmp / "settings.json", settings)
+    _swap_in(tmp, folder)
+    return folder / "annotations.json", _sha(folder / "annotations.json")
+
+
 def _region_counts(records: Iterable[dict]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in records:

@@ -2,8 +2,10 @@
 
 Two domains, written to disk in the formats real data uses so the same code paths serve both:
 
-- **domain A** (public corpus, "like COCO"): a few flat-coloured shapes on a flat or gently shaded background;
-  every object is one ``whole`` mask.
+- **domain A** (public corpus, "like COCO"): a few large objects on a textured, shaded background, each with
+  its own texture and lighting, some made of differently coloured parts; every object is one ``whole`` mask
+  (no part labels). The image then goes through a camera: lighting and colour cast, lens blur, sensor noise
+  and JPEG compression (the masks stay exact), so what a model learns here carries over to photos.
 - **domain B** (target pool and gold set, "like SA-1B photos"): textured, cluttered scenes with many objects,
   small ones included, occlusion, and composite objects built from parts with ``whole`` / ``part`` / ``subpart``
   ground truth (the ambiguity SAM's three outputs exist for). Each image belongs to a *region* with its own
@@ -15,6 +17,7 @@ byte-identical files whatever the number of worker processes.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 
@@ -23,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from . import rle as rle_utils
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_MASK_AREA = 12
 
 DOMAIN_PUBLIC, DOMAIN_POOL, DOMAIN_GOLD = 0, 1, 2
@@ -133,6 +136,8 @@ class Node:
     color: np.ndarray
     level: str
     children: list[Node] = field(default_factory=list)
+    # optional HxW brightness modulation of this node (its own texture and shading): colour * (1 + shade)
+    shade: np.ndarray | None = None
 
 
 @dataclass
@@ -314,6 +319,8 @@ def _composite_node(kind: str, cx: float, cy: float, r: float, rng: np.random.Ge
 
 # ---------------------------------------------------------------------------------------------------- textures
 
+TEXTURES = ("noise", "stripes", "checker", "blotches", "grain")
+
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     small = rng.random((max(2, cells), max(2, cells))).astype(np.float32)
@@ -364,7 +371,9 @@ def _render(
                 rows, cols, m = drawn
                 leaf[rows, cols][m] = idx
                 region = canvas[rows, cols]
-                if tex is not None:
+                if node.shade is not None:
+                    region[m] = node.color[None, :] * (1.0 + node.shade[rows, cols][m][:, None])
+                elif tex is not None:
                     region[m] = node.color[None, :] * (1.0 + amp * tex[rows, cols][m][:, None])
                 else:
                     region[m] = node.color
@@ -443,23 +452,68 @@ def _size(rng: np.random.Generator, lo: int, hi: int, aspect: tuple[float, float
     return h, w
 
 
+def _shading(rng: np.random.Generator, h: int, w: int, strength: float) -> np.ndarray:
+    """A linear brightness ramp in a random direction, zero-mean, spanning about +-``strength``."""
+    theta = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (xx * math.cos(theta) + yy * math.sin(theta)) / max(h, w)
+    return (ramp - ramp.mean()) * (2 * strength)
+
+
+def _camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photographic statistics on a float HxWx3 render: lighting gain and colour cast, lens blur, sensor
+    noise and (half the time) a JPEG round trip; returns uint8."""
+    from PIL import ImageFilter
+
+    gain = rng.uniform(0.75, 1.2) * rng.uniform(0.92, 1.08, 3)
+    img = np.clip(image * gain + rng.uniform(-12, 12), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(img)
+    sigma = rng.uniform(0.0, 1.2)
+    if sigma > 0.3:
+        pil = pil.filter(ImageFilter.GaussianBlur(radius=sigma))
+    noisy = np.asarray(pil, dtype=np.float32) + rng.normal(0, rng.uniform(0.5, 6.0), img.shape)
+    img = np.clip(noisy, 0, 255).astype(np.uint8)
+    if rng.random() < 0.5:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(rng.integers(45, 96)))
+        img = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return img
+
+
 def public_scene(seed: int, index: int, size_range: tuple[int, int]) -> Scene:
-    """Domain A: 1-5 flat-coloured shapes on a flat or gently shaded background."""
+    """Domain A: 1-6 large textured, shaded objects (a third built from differently coloured parts) on a
+    textured background, through :func:`_camera`; every object is one ``whole`` mask."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, DOMAIN_PUBLIC, index]))
     h, w = _size(rng, size_range[0], size_range[1], (0.75, 1.33))
     bg_a, bg_b = _pick(rng, PUBLIC_PALETTE, 30), _pick(rng, PUBLIC_PALETTE, 30)
-    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None] * rng.uniform(0, 0.5)
-    background = np.broadcast_to(bg_a * (1 - t) + bg_b * t, (h, w, 3)).astype(np.float32).copy()
+    t = _smooth_noise(rng, h, w, 3)[:, :, None] * 0.5 + 0.5
+    bg_tex = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))], rng, h, w) * rng.uniform(0.0, 0.25)
+    background = (bg_a * (1 - t) + bg_b * t) * (1.0 + bg_tex[:, :, None] + _shading(rng, h, w, 0.15)[:, :, None])
     roots = []
     side = min(h, w)
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(1, 7))):
         r = side * rng.uniform(0.08, 0.25)
         cx, cy = rng.uniform(r * 0.5, w - r * 0.5), rng.uniform(r * 0.5, h - r * 0.5)
-        kind = ("ellipse", "rect", "polygon", "star")[int(rng.integers(4))]
-        roots.append(_simple_node(kind, cx, cy, r, rng, _pick(rng, PUBLIC_PALETTE, 20)))
-    image, nodes = _render(h, w, background, roots, None, 0.0)
+        if rng.random() < 0.35:
+            kind = ("house", "tree", "figure", "boat")[int(rng.integers(4))]
+            node = _composite_node(kind, cx, cy, r * 1.2, rng, PUBLIC_PALETTE)
+        else:
+            kind = ("ellipse", "rect", "polygon", "star")[int(rng.integers(4))]
+            node = _simple_node(kind, cx, cy, r, rng, _pick(rng, PUBLIC_PALETTE, 20))
+        tex = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))], rng, h, w) * rng.uniform(0.0, 0.3)
+        shade = tex + _shading(rng, h, w, rng.uniform(0.0, 0.25))
+        stack = [node]
+        while stack:  # the whole object shares one texture and light
+            n = stack.pop()
+            n.shade = shade
+            stack.extend(n.children)
+        roots.append(node)
+    image, nodes = _render(h, w, background.astype(np.float32), roots, None, 0.0)
     image_id = ID_OFFSETS[DOMAIN_PUBLIC] + index
-    return Scene(image, _annotations(nodes, image_id), None)
+    wholes = [a for a in _annotations(nodes, image_id) if a["level"] == "whole"]
+    for k, ann in enumerate(wholes):  # ids stay dense per image once parts are left out
+        ann["id"], ann["parent_id"] = image_id * 1000 + k + 1, None
+    return Scene(_camera(image, rng), wholes, None)
 
 
 def region_for(seed: int, domain: int, index: int, n_regions: int) -> RegionStyle:

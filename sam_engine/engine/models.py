@@ -92,6 +92,9 @@ def train_version(
         "num_workers": t.num_workers,
         "progress_bar": True,
     }
+    from ..training.train import recipe_from_config
+
+    recipe = recipe_from_config(t)
     if settings.distributed:
         if log_fn:
             log_fn(
@@ -119,6 +122,7 @@ def train_version(
             run_name=name,
             tags={"engine_model": name, "train_key": key},
             **common,
+            **recipe,
             **extra,
         )
         checkpoint, steps, metrics = result.checkpoint, result.steps, result.metrics
@@ -134,6 +138,30 @@ def train_version(
         data=data,
     )
     return ws.publish_model(ref), True
+
+
+def _register_untrained(
+    ws: Workspace,
+    name: str,
+    checkpoint: Path,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    description: str,
+    metrics: dict[str, float] | None = None,
+) -> tuple[str, str | None]:
+    """An MLflow run and registered model version for weights made without training here; (run, version)."""
+    from .. import tracking
+
+    run_id = tracking.start_run(ws.tracking, run_name=name, tags=tags)
+    tracking.log_params(ws.tracking, run_id, params)
+    if metrics:
+        tracking.log_metrics(ws.tracking, run_id, metrics)
+    tracking.log_artifact(ws.tracking, run_id, checkpoint, "model")
+    version = tracking.register_model_version(
+        ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=description
+    )
+    tracking.end_run(ws.tracking, run_id)
+    return run_id, version
 
 
 def carry_forward(
@@ -157,16 +185,10 @@ def carry_forward(
             log_fn(f"{name}: {parent.name} already carried forward; reusing {existing.checkpoint}")
         return ws.publish_model(existing), False
     checkpoint = ws.checkpoint(parent)
-    from .. import tracking
-
     tags = {"engine_model": name, "train_key": key, "carried_from": parent.name}
-    run_id = tracking.start_run(ws.tracking, run_name=name, tags=tags)
-    tracking.log_params(ws.tracking, run_id, {"carried_from": parent.name, "reason": reason})
-    tracking.log_artifact(ws.tracking, run_id, checkpoint, "model")
-    version = tracking.register_model_version(
-        ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=reason
+    run_id, version = _register_untrained(
+        ws, name, checkpoint, tags, {"carried_from": parent.name, "reason": reason}, reason
     )
-    tracking.end_run(ws.tracking, run_id)
     if log_fn:
         log_fn(f"{name}: {parent.name}'s weights carried forward without training: {reason}")
     ref = ws.model_store.put(
@@ -183,6 +205,67 @@ def carry_forward(
             "reason": reason,
             "train_key": key,
             "steps": 0,
+        },
+    )
+    return ws.publish_model(ref), True
+
+
+def released_version(
+    ws: Workspace, name: str, *, log_fn: Callable[[str], None] | None = None
+) -> tuple[ModelRef, bool] | None:
+    """Version ``name`` from the released public-data checkpoint (:mod:`sam_engine.release`) when it fits
+    this configuration, else None with the reason logged (the caller then trains from scratch). Stored and
+    registered like a trained version (an MLflow run tagged ``released``); idempotent. Returns (ref, stored_now).
+    """
+    from ..model.checkpoint import load_model, save_checkpoint
+    from ..release import NAME, ReleaseError, read_release
+
+    say = log_fn or log.info
+    if not ws.cfg.train.use_release:
+        say(f"{name}: train.use_release is off; training from scratch")
+        return None
+    try:
+        release = read_release(ws.cfg)
+    except ReleaseError as e:
+        say(f"{name}: released checkpoint refused, training from scratch instead: {e}")
+        return None
+    meta = release.meta
+    key = hashlib.sha256(f"release:{meta['sha256']}:{ws.cfg.seed}".encode()).hexdigest()
+    existing = _stored_with_key(ws, name, key)
+    if existing is not None:
+        say(f"{name}: the released checkpoint is already this version; reusing {existing.checkpoint}")
+        return ws.publish_model(existing), False
+    out_dir = ws.cfg.data_dir / "training" / name / key[:16]
+    checkpoint = save_checkpoint(
+        load_model(release.checkpoint), out_dir / "model.pt", metadata={"release": meta["sha256"]}
+    )
+    metrics = {k: float(v) for k, v in meta.get("metrics", {}).items()}
+    tags = {"engine_model": name, "train_key": key, "released": NAME}
+    params = {
+        "released": NAME,
+        "release_sha256": meta["sha256"],
+        "code_version": meta.get("code_version", ""),
+        "steps": meta.get("steps", 0),
+        "recipe": json.dumps(meta.get("recipe"), sort_keys=True)[:5000],
+    }
+    description = (
+        f"released public-data checkpoint {NAME} ({meta.get('steps')} steps, {meta.get('code_version')})"
+    )
+    run_id, version = _register_untrained(ws, name, checkpoint, tags, params, description, metrics)
+    say(f"{name}: started from the released checkpoint ({description})")
+    ref = ws.model_store.put(
+        name,
+        checkpoint,
+        parent=None,
+        mlflow_run_id=run_id,
+        registered_version=version,
+        metrics=metrics,
+        data={
+            "released": NAME,
+            "release_sha256": meta["sha256"],
+            "public_train_sha256": meta.get("public_train_sha256"),
+            "train_key": key,
+            "steps": meta.get("steps", 0),
         },
     )
     return ws.publish_model(ref), True

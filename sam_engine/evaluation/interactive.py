@@ -63,6 +63,9 @@ class ObjectResult:
     ious: list[float] = field(default_factory=list)  # most-confident output, after each click
     oracle_ious: list[float] = field(default_factory=list)  # best output, after each click
     scores: list[float] = field(default_factory=list)  # predicted IoU of the chosen output
+    # after each click: is the newest click's pixel on its side of the chosen mask (inside for a positive
+    # click, outside for a negative one)?
+    obeyed: list[bool] = field(default_factory=list)
     clicks: list[Click] = field(default_factory=list)
     final_mask: np.ndarray | None = None
 
@@ -169,6 +172,7 @@ def run_clicks(
         result.ious.append(per_output[best])
         result.oracle_ious.append(max(per_output))
         result.scores.append(float(scores[best]))
+        result.obeyed.append(bool(pred[click.y, click.x]) == (click.label == 1))
         if protocol.stop_early and n >= need and result.ious[-1] >= top:
             break
     # An object stopped early keeps its last score for the clicks it did not need.
@@ -215,6 +219,7 @@ def evaluate_objects(
             row[f"noc@{_key(t)}"] = clicks
             row[f"fail@{_key(t)}"] = not reached
         row["ious"] = [round(v, 5) for v in res.ious]
+        row["obeyed"] = list(res.obeyed)
         row["clicks"] = [(c.x, c.y, c.label) for c in res.clicks]
         rows.append(row)
         if progress is not None:
@@ -246,6 +251,19 @@ def summarize(df: pd.DataFrame, protocol: ClickProtocol | None = None) -> dict[s
             by_region[str(region)] = _summary_of(part, protocol)
     summary["by_region"] = by_region
     return summary
+
+
+def compliance_by_click(df: pd.DataFrame, max_clicks: int | None = None) -> dict[int, tuple[float, int]]:
+    """Click number -> (share of clicks whose pixel ended on its side of the returned mask, clicks counted),
+    over the objects of an :func:`evaluate_objects` table that reached that click."""
+    out: dict[int, tuple[float, int]] = {}
+    if "obeyed" not in df or not len(df):
+        return out
+    longest = max(len(v) for v in df["obeyed"])
+    for k in range(1, min(longest, max_clicks or longest) + 1):
+        vals = [bool(v[k - 1]) for v in df["obeyed"] if len(v) >= k]
+        out[k] = (float(np.mean(vals)), len(vals))
+    return out
 
 
 def corpus_objects(

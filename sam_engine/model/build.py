@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sam_engine.model.conv_encoder import ImageEncoderConv
 from sam_engine.model.hybrid_encoder import ImageEncoderHybrid
 from sam_engine.model.image_encoder import ImageEncoderViT
 from sam_engine.model.mask_decoder import MaskDecoder
@@ -25,10 +26,14 @@ class SamConfig:
     img_size: int = 1024
     patch_size: int = 16
     # "vit": SAM's ViT (official names); "hybrid": the ViT plus a conv detail branch whose stride-2/4/8
-    # features sharpen the decoder's masks (sam_engine/model/hybrid_encoder.py)
+    # features sharpen the decoder's masks (sam_engine/model/hybrid_encoder.py); "conv": a convolutional
+    # encoder made for the CPU (sam_engine/model/conv_encoder.py)
     encoder_type: str = "vit"
     stem_chans: tuple[int, int, int] = (16, 32, 64)  # hybrid only: detail branch widths at strides 2, 4, 8
-    mask_scale: int = 4  # low-res masks = mask_scale x the embedding grid; 8 needs the hybrid encoder
+    conv_widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # conv only: stage widths, strides 2..16
+    conv_depths: tuple[int, int, int, int] = (1, 1, 2, 2)  # conv only: residual blocks per stage
+    mask_scale: int = 4  # low-res masks = mask_scale x the embedding grid; 8 needs detail features
+    click_refiner: bool = False  # the decoder refines its stride-4 features with prompt maps
     encoder_embed_dim: int = 768
     encoder_depth: int = 12
     encoder_num_heads: int = 12
@@ -46,11 +51,13 @@ class SamConfig:
     pixel_std: tuple[float, float, float] = field(default=PIXEL_STD)
 
     def __post_init__(self) -> None:
-        if self.encoder_type not in ("vit", "hybrid"):
-            raise ValueError(f"SamConfig: encoder_type {self.encoder_type!r} is not 'vit' or 'hybrid'")
-        if self.mask_scale not in (4, 8) or (self.mask_scale == 8 and self.encoder_type != "hybrid"):
+        if self.encoder_type not in ("vit", "hybrid", "conv"):
             raise ValueError(
-                f"SamConfig: mask_scale {self.mask_scale} must be 4, or 8 with the hybrid encoder"
+                f"SamConfig: encoder_type {self.encoder_type!r} is not 'vit', 'hybrid' or 'conv'"
+            )
+        if self.mask_scale not in (4, 8) or (self.mask_scale == 8 and self.encoder_type == "vit"):
+            raise ValueError(
+                f"SamConfig: mask_scale {self.mask_scale} must be 4, or 8 with the hybrid or conv encoder"
             )
         if self.img_size % self.patch_size:
             raise ValueError(
@@ -66,7 +73,14 @@ class SamConfig:
                 f"SamConfig: global_attn_indexes {bad} outside encoder depth {self.encoder_depth}"
             )
         # normalise lists (e.g. from JSON) to tuples so configs compare and hash
-        for name in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "stem_chans"):
+        for name in (
+            "encoder_global_attn_indexes",
+            "pixel_mean",
+            "pixel_std",
+            "stem_chans",
+            "conv_widths",
+            "conv_depths",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -121,8 +135,22 @@ _TINY = SamConfig(
     iou_head_hidden_dim=64,
 )
 
+# The CPU default: a convolutional encoder (strides 2..16; one global attention block on the 16x16 grid),
+# SAM's prompt encoder and two-way-transformer decoder on the 16x16 embedding, masks on a 128x128 grid from
+# the stride-8/4/2 features, and the click refiner (sam_engine/model/conv_encoder.py, mask_decoder.py).
+_CONV = dataclasses.replace(
+    _TINY,
+    encoder_type="conv",
+    encoder_depth=1,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(0,),
+    mask_scale=8,
+    click_refiner=True,
+)
+
 MODEL_CONFIGS: dict[str, SamConfig] = {
     "tiny": _TINY,
+    "tiny_conv": _CONV,
     # tiny plus the detail branch and 8x (128x128) masks (see sam_engine/model/hybrid_encoder.py)
     "tiny_hybrid": dataclasses.replace(_TINY, encoder_type="hybrid", stem_chans=(16, 32, 64), mask_scale=8),
     "vit_b": _official(768, 12, 12, (2, 5, 8, 11)),
@@ -169,10 +197,19 @@ def _build(cfg: SamConfig) -> Sam:
         "window_size": cfg.encoder_window_size,
         "global_attn_indexes": cfg.encoder_global_attn_indexes,
     }
-    if cfg.encoder_type == "hybrid":
-        encoder: ImageEncoderViT = ImageEncoderHybrid(
-            stem_chans=cfg.stem_chans, mask_scale=cfg.mask_scale, **vit_args
+    encoder: nn.Module
+    if cfg.encoder_type == "conv":
+        encoder = ImageEncoderConv(
+            img_size=cfg.img_size,
+            widths=cfg.conv_widths,
+            depths=cfg.conv_depths,
+            out_chans=cfg.out_chans,
+            mask_scale=cfg.mask_scale,
+            attn_depth=cfg.encoder_depth,
+            attn_heads=cfg.encoder_num_heads,
         )
+    elif cfg.encoder_type == "hybrid":
+        encoder = ImageEncoderHybrid(stem_chans=cfg.stem_chans, mask_scale=cfg.mask_scale, **vit_args)
     else:
         encoder = ImageEncoderViT(**vit_args)
     prompt_encoder = PromptEncoder(
@@ -194,6 +231,7 @@ def _build(cfg: SamConfig) -> Sam:
         iou_head_depth=cfg.iou_head_depth,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         mask_scale=cfg.mask_scale,
+        click_refiner=cfg.click_refiner,
     )
     model = Sam(encoder, prompt_encoder, decoder, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std)
     model.config = cfg  # type: ignore[assignment]

@@ -19,6 +19,7 @@ starts as the plain ViT and brings the detail in as it learns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,23 @@ def packed_channels(out_chans: int, mask_scale: int = 4) -> int:
     return out_chans + sum(c * f * f for c, f in detail_widths(out_chans, mask_scale))
 
 
+class UnpackedEmbedding(NamedTuple):
+    """An image embedding already split by :func:`split_high_res` (and gathered per prompt), which the mask
+    decoder takes in place of the packed tensor: training unpacks once per step instead of once per round."""
+
+    embedding: torch.Tensor
+    high_res: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, packed: torch.Tensor, out_chans: int, index: torch.Tensor | None = None) -> UnpackedEmbedding:
+        """Split ``packed`` (B images) and, with ``index`` (M,), gather one row per prompt."""
+        emb, high_res = split_high_res(packed, out_chans)
+        if index is not None:
+            emb = emb.index_select(0, index)
+            high_res = [d.index_select(0, index) for d in high_res]
+        return cls(emb, high_res)
+
+
 def split_high_res(embedding: torch.Tensor, out_chans: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(embedding Bxout_chansxhxw, detail features coarse first: [Bx(C/4)x2hx2w, Bx(C/8)x4hx4w(, ...8h)])."""
     total = embedding.shape[1]
@@ -61,6 +79,19 @@ def split_high_res(embedding: torch.Tensor, out_chans: int) -> tuple[torch.Tenso
         feats.append(F.pixel_shuffle(embedding[:, start : start + c * f * f], f))
         start += c * f * f
     return embedding[:, :out_chans], feats
+
+
+def pack_high_res(embedding: torch.Tensor, details: list[torch.Tensor], mask_scale: int) -> torch.Tensor:
+    """The inverse of :func:`split_high_res`: detail features (coarse first, at the widths of
+    :func:`detail_widths`) pixel-unshuffled onto the embedding grid and concatenated after its channels."""
+    factors = [f for _, f in detail_widths(embedding.shape[1], mask_scale)]
+    if len(details) != len(factors):
+        raise ValueError(
+            f"pack_high_res: {mask_scale}x masks need {len(factors)} detail maps, got {len(details)}"
+        )
+    return torch.cat(
+        [embedding, *(F.pixel_unshuffle(d, f) for d, f in zip(details, factors, strict=True))], 1
+    )
 
 
 class ConvStage(nn.Module):
@@ -117,9 +148,5 @@ class ImageEncoderHybrid(ImageEncoderViT):
         s2 = self.detail[0](x)
         s4 = self.detail[1](s2)
         s8 = self.detail[2](s4)
-        packed = [emb]
-        for proj, feat, (_, f) in zip(
-            self.detail_proj, [s8, s4, s2], detail_widths(self.out_chans, self.mask_scale), strict=False
-        ):
-            packed.append(F.pixel_unshuffle(proj(feat), f))
-        return torch.cat(packed, dim=1)
+        details = [proj(feat) for proj, feat in zip(self.detail_proj, [s8, s4, s2], strict=False)]
+        return pack_high_res(emb, details, self.mask_scale)

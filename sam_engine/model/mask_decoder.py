@@ -5,11 +5,82 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam_engine.model.common import MLP, LayerNorm2d
-from sam_engine.model.hybrid_encoder import split_high_res
+from sam_engine.model.hybrid_encoder import UnpackedEmbedding, split_high_res
+from sam_engine.model.prompt_encoder import PromptMaps
 from sam_engine.model.transformer import TwoWayTransformer
+
+
+class ClickRefiner(nn.Module):
+    """Prompt-aware refinement of the decoder's stride-4 mask features.
+
+    SAM's prompts reach the masks only through the tokens and the embedding grid (16 px cells at 256 px), so
+    a corrective click on a detail smaller than a cell has nothing to act on, and nothing tells the decoder
+    what the clicked pixel looks like. This block sees the prompts at the mask-feature resolution instead, as
+    interactive models with early fusion do (RITM's click disks, FocalClick's refiner):
+
+    - *click keys*: a learned key map of the stride-4 image features (``keys``), read at every click
+      (``click_keys``); the decoder adds them to the clicks' tokens, so the tokens know the clicked pixel;
+    - *affinity maps*: the cosine similarity of every position's key to the positive clicks' keys (the
+      highest) and to the negative clicks' (``affinity``), the cue "looks like what was clicked";
+    - the decoder's upscaled features, the positive / negative click maps, the box, the fed-back mask
+      (:class:`~sam_engine.model.prompt_encoder.PromptMaps`) and the affinity maps go through three small
+      convolutions (the middle one dilated, so a click reaches about 9 cells) whose output is added back.
+
+    It runs per prompt at stride 4, a small fraction of a decode.
+    """
+
+    def __init__(self, chans: int, maps: int = 4, hidden: int = 16, key_dim: int = 16) -> None:
+        super().__init__()
+        self.key = nn.Conv2d(chans, key_dim, 1)
+        self.conv1 = nn.Conv2d(chans + maps + 2, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2)
+        self.conv3 = nn.Conv2d(hidden, chans, 1)
+        self.act = nn.ReLU()
+
+    def keys(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit-length key map (B, K, H, W) of stride-4 image features (B, C, H, W)."""
+        return F.normalize(self.key(features), dim=1)
+
+    @staticmethod
+    def click_keys(keys: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The key map read (bilinearly) at each click: (B, N, K); ``coords`` B x N x 2 in the input frame
+        (4 x the key map's size)."""
+        b = coords.shape[0]
+        h, w = keys.shape[-2:]
+        grid = (
+            torch.stack([(coords[..., 0] + 0.5) / (4 * w), (coords[..., 1] + 0.5) / (4 * h)], dim=-1) * 2 - 1
+        )
+        keys = keys.expand(b, -1, -1, -1) if keys.shape[0] != b else keys
+        return F.grid_sample(keys, grid[:, :, None, :], align_corners=False)[..., 0].transpose(1, 2)
+
+    @staticmethod
+    def affinity(keys: torch.Tensor, clicked: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, 2, H, W): the highest similarity of each position to a positive click and to a negative one
+        (0 where a row has no such click)."""
+        b = clicked.shape[0]
+        keys = keys.expand(b, -1, -1, -1) if keys.shape[0] != b else keys
+        sim = torch.einsum("bkhw,bnk->bnhw", keys, clicked)
+        out = []
+        for label in (1, 0):
+            hit = (labels == label)[..., None, None]
+            out.append(torch.where(hit, sim, torch.full_like(sim, -1.0)).amax(dim=1).clamp(min=0.0))
+        return torch.stack(out, dim=1)
+
+    def forward(
+        self, x: torch.Tensor, maps: PromptMaps, keys: torch.Tensor, clicked: torch.Tensor | None
+    ) -> torch.Tensor:
+        b = x.shape[0]
+        dense = maps.maps if maps.maps.shape[0] == b else maps.maps.expand(b, -1, -1, -1)
+        if clicked is None or maps.labels is None:
+            aff = x.new_zeros((b, 2, *x.shape[-2:]))
+        else:
+            aff = self.affinity(keys, clicked, maps.labels)
+        y = self.act(self.conv1(torch.cat([x, dense, aff], dim=1)))
+        return x + self.conv3(self.act(self.conv2(y)))
 
 
 class MaskDecoder(nn.Module):
@@ -28,6 +99,7 @@ class MaskDecoder(nn.Module):
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
         mask_scale: int = 4,
+        click_refiner: bool = False,
     ) -> None:
         super().__init__()
         if mask_scale not in (4, 8):
@@ -51,6 +123,10 @@ class MaskDecoder(nn.Module):
             self.output_upscaling_fine = nn.ConvTranspose2d(
                 transformer_dim // 8, transformer_dim // 8, kernel_size=2, stride=2
             )
+        # prompt maps at stride 4 refine the mask features (ClickRefiner); off in the official layout
+        self.refiner = ClickRefiner(transformer_dim // 8) if click_refiner else None
+        if click_refiner:  # the clicked pixels' keys, added to the clicks' tokens
+            self.click_token = nn.Linear(self.refiner.key.out_channels, transformer_dim)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
             for _ in range(self.num_mask_tokens)
@@ -66,13 +142,15 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        prompt_maps: PromptMaps | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (masks Bx{1|3}x4hx4w logits, iou_pred Bx{1|3}).
 
-        ``image_embeddings`` is 1xCxhxw (shared by all B prompts) or BxCxhxw (one per prompt).
+        ``image_embeddings`` is 1xCxhxw (shared by all B prompts) or BxCxhxw (one per prompt);
+        ``prompt_maps`` feed the click refiner when the decoder has one.
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prompt_maps
         )
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sel], iou_pred[:, sel]
@@ -83,16 +161,20 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        prompt_maps: PromptMaps | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks and IoU predictions (no output selection).
+
+        ``image_embeddings`` may also be an :class:`UnpackedEmbedding` (training unpacks once per step).
 
         An embedding from the hybrid encoder also carries its detail features (strides 8, 4 and, for 8x masks,
         2; see :mod:`~sam_engine.model.hybrid_encoder`), added to the upscaling layers as in SAM 2.
         """
-        hs, src, high_res = self._attend(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        hs, src, high_res, clicks = self._attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prompt_maps
         )
-        return self._mask_logits(hs, src, high_res), self.iou_prediction_head(hs[:, 0, :])
+        masks = self._mask_logits(hs, src, high_res, prompt_maps, clicks)
+        return masks, self.iou_prediction_head(hs[:, 0, :])
 
     def predict_masks_where(
         self,
@@ -101,6 +183,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         keep: Callable[[torch.Tensor], torch.Tensor],
+        prompt_maps: PromptMaps | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`predict_masks`, with masks only for the prompts ``keep`` selects.
 
@@ -108,13 +191,18 @@ class MaskDecoder(nn.Module):
         IoU token, so rejected prompts skip the upscaling and the hypernetwork product. Returns (rows (K,),
         masks K x num_mask_tokens x 4hx4w of those rows, iou_pred of all B prompts).
         """
-        hs, src, high_res = self._attend(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        hs, src, high_res, clicks = self._attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prompt_maps
         )
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         rows = torch.nonzero(keep(iou_pred)).flatten()
         high_res = [d if d.shape[0] == 1 else d[rows] for d in high_res]
-        return rows, self._mask_logits(hs[rows], src[rows], high_res), iou_pred
+        if prompt_maps is not None:
+            prompt_maps = prompt_maps.rows(rows)
+        if clicks is not None:
+            keys, clicked = clicks
+            clicks = (keys if keys.shape[0] == 1 else keys[rows], None if clicked is None else clicked[rows])
+        return rows, self._mask_logits(hs[rows], src[rows], high_res, prompt_maps, clicks), iou_pred
 
     def _attend(
         self,
@@ -122,10 +210,28 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """The two-way transformer: (output tokens B x T x C, image tokens B x C x h x w, detail features)."""
+        prompt_maps: PromptMaps | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], tuple | None]:
+        """The two-way transformer: (output tokens B x T x C, image tokens B x C x h x w, detail features,
+        the click refiner's (key map, clicked keys) or None)."""
         b = sparse_prompt_embeddings.shape[0]
-        image_embeddings, high_res = split_high_res(image_embeddings, self.transformer_dim)
+        if isinstance(image_embeddings, UnpackedEmbedding):
+            image_embeddings, high_res = image_embeddings
+        else:
+            image_embeddings, high_res = split_high_res(image_embeddings, self.transformer_dim)
+        clicks = None
+        if self.refiner is not None and prompt_maps is not None and len(high_res) >= 2:
+            keys = self.refiner.keys(high_res[1])
+            clicked = None
+            if prompt_maps.coords is not None and prompt_maps.coords.shape[1] > 0:
+                clicked = self.refiner.click_keys(keys, prompt_maps.coords)
+                n = clicked.shape[1]
+                is_click = ((prompt_maps.labels == 0) | (prompt_maps.labels == 1))[..., None]
+                extra = self.click_token(clicked) * is_click.to(clicked.dtype)
+                sparse_prompt_embeddings = torch.cat(
+                    [sparse_prompt_embeddings[:, :n] + extra, sparse_prompt_embeddings[:, n:]], dim=1
+                )
+            clicks = (keys, clicked)
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
@@ -141,32 +247,55 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense_prompt_embeddings
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
-        return hs, src.transpose(1, 2).reshape(b, c, h, w), high_res
+        return hs, src.transpose(1, 2).reshape(b, c, h, w), high_res, clicks
 
-    def _mask_logits(self, hs: torch.Tensor, src: torch.Tensor, high_res: list[torch.Tensor]) -> torch.Tensor:
+    def _mask_logits(
+        self,
+        hs: torch.Tensor,
+        src: torch.Tensor,
+        high_res: list[torch.Tensor],
+        prompt_maps: PromptMaps | None = None,
+        clicks: tuple | None = None,
+    ) -> torch.Tensor:
         """Mask logits from the mask tokens' hypernetworks and the upscaled image tokens."""
         b = hs.shape[0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self._upscale(src, high_res)
+        if self.refiner is not None and prompt_maps is None:
+            raise ValueError("MaskDecoder: this decoder refines with prompt maps; pass prompt_maps=")
+        upscaled = self._upscale(src, high_res, prompt_maps if self.refiner is not None else None, clicks)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         _, uc, uh, uw = upscaled.shape
         return (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, hyper_in.shape[1], uh, uw)
 
-    def _upscale(self, src: torch.Tensor, detail: list[torch.Tensor]) -> torch.Tensor:
-        """Upscale the decoder's image tokens 4x (8x), adding the detail features (coarse first) per layer."""
+    def _upscale(
+        self,
+        src: torch.Tensor,
+        detail: list[torch.Tensor],
+        prompt_maps: PromptMaps | None = None,
+        clicks: tuple | None = None,
+    ) -> torch.Tensor:
+        """Upscale the decoder's image tokens 4x (8x), adding the detail features (coarse first) per layer;
+        the click refiner works on the 4x features when the decoder has one."""
         needed = 3 if self.mask_scale == 8 else 2
-        if not detail and self.mask_scale == 4:
+        if not detail and self.mask_scale == 4 and self.refiner is None:
             return self.output_upscaling(src)
-        if len(detail) != needed:
+        if len(detail) != needed and (detail or self.mask_scale == 8):
             raise ValueError(
                 f"MaskDecoder: {self.mask_scale}x masks need {needed} detail feature maps in the image "
                 f"embedding, got {len(detail)} (an embedding from another encoder?)"
             )
         dc1, ln1, act1, dc2, act2 = self.output_upscaling
         # detail features have batch 1 (shared image) or one row per prompt: broadcasting serves both
-        x = act2(dc2(act1(ln1(dc1(src) + detail[0]))) + detail[1])
+        if detail:
+            x = act2(dc2(act1(ln1(dc1(src) + detail[0]))) + detail[1])
+        else:
+            x = act2(dc2(act1(ln1(dc1(src)))))
+        if prompt_maps is not None:
+            if clicks is None:
+                raise ValueError("MaskDecoder: the click refiner needs the stride-4 detail features")
+            x = self.refiner(x, prompt_maps, *clicks)
         if self.mask_scale == 8:
             x = act2(self.output_upscaling_fine(x) + detail[2])
         return x

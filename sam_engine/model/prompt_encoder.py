@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,22 @@ LABEL_BACKGROUND = 0
 LABEL_FOREGROUND = 1
 LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
+
+
+@dataclass
+class PromptMaps:
+    """The prompts as the decoder's click refiner sees them: ``maps`` (B, 4, 4h, 4w) from
+    :meth:`PromptEncoder.prompt_maps`, and the clicks themselves (``coords`` B x N x 2 in the input frame,
+    ``labels`` B x N), or None without points."""
+
+    maps: torch.Tensor
+    coords: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> PromptMaps:
+        """The maps of the prompts ``index`` selects."""
+        pick = lambda t: t if t is None or t.shape[0] == 1 else t[index]  # noqa: E731
+        return PromptMaps(pick(self.maps), pick(self.coords), pick(self.labels))
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -104,6 +121,65 @@ class PromptEncoder(nn.Module):
         pe = self.pe_layer.forward_with_coords(corners, self.input_image_size)
         corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
         return pe + corner_embed
+
+    def prompt_maps(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        sigma: float = 5.0,
+    ) -> PromptMaps:
+        """The prompts as maps on the 4x grid, for the decoder's click refiner: (B, 4, 4h, 4w), with the
+        clicks themselves (:class:`PromptMaps`).
+
+        Channels: positive clicks and negative clicks (a Gaussian of ``sigma`` input pixels around each,
+        the maximum over clicks), the box (1 inside; boxes given as corner points, labels 2 and 3, count
+        too) and the fed-back mask logits (pooled to the grid, clamped to +-8 and scaled to +-1).
+        """
+        bs = self._batch_size(points, boxes, masks)
+        device = self.point_embeddings[0].weight.device
+        gh, gw = 4 * self.image_embedding_size[0], 4 * self.image_embedding_size[1]
+        sy, sx = self.input_image_size[0] / gh, self.input_image_size[1] / gw
+        ys = (torch.arange(gh, device=device, dtype=torch.float32) + 0.5) * sy
+        xs = (torch.arange(gw, device=device, dtype=torch.float32) + 0.5) * sx
+        out = torch.zeros((bs, 4, gh, gw), device=device)
+        corners = []
+        if points is not None:
+            coords, labels = points
+            coords = coords.to(torch.float32) + 0.5
+            # a 2-D Gaussian is the outer product of two 1-D ones: no exp over the whole grid
+            gy = torch.exp(-((ys[None, None, :] - coords[..., 1:2]) ** 2) / (2 * sigma * sigma))  # B, N, gh
+            gx = torch.exp(-((xs[None, None, :] - coords[..., 0:1]) ** 2) / (2 * sigma * sigma))  # B, N, gw
+            g = gy[..., :, None] * gx[..., None, :]
+            for channel, label in ((0, LABEL_FOREGROUND), (1, LABEL_BACKGROUND)):
+                hit = (labels == label)[..., None, None]
+                if bool(hit.any()):
+                    out[:, channel] = torch.where(hit, g, torch.zeros_like(g)).amax(dim=1)
+            tl, br = labels == LABEL_BOX_TOP_LEFT, labels == LABEL_BOX_BOTTOM_RIGHT
+            if bool(tl.any()):
+                has = tl.any(dim=1) & br.any(dim=1)
+                first_tl = coords[torch.arange(bs, device=device), tl.to(torch.int8).argmax(dim=1)]
+                first_br = coords[torch.arange(bs, device=device), br.to(torch.int8).argmax(dim=1)]
+                corners.append((torch.cat([first_tl, first_br], dim=1), has))
+        if boxes is not None:
+            corners.append((boxes.to(torch.float32).reshape(-1, 4) + 0.5, None))
+        for box, has in corners:
+            inside = (
+                (xs[None, None, :] >= box[:, 0, None, None])
+                & (xs[None, None, :] <= box[:, 2, None, None])
+                & (ys[None, :, None] >= box[:, 1, None, None])
+                & (ys[None, :, None] <= box[:, 3, None, None])
+            )
+            if has is not None:
+                inside = inside & has[:, None, None]
+            out[:, 2] = torch.maximum(out[:, 2], inside.to(out.dtype))
+        if masks is not None:
+            factor = masks.shape[-1] // gw
+            m = F.avg_pool2d(masks, factor) if factor > 1 else masks
+            out[:, 3] = m[:, 0].clamp(-8.0, 8.0) / 8.0
+        if points is None:
+            return PromptMaps(out)
+        return PromptMaps(out, points[0].to(torch.float32), points[1])
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         factor = masks.shape[-1] // (4 * self.image_embedding_size[1])

@@ -84,19 +84,41 @@ class Sam(nn.Module):
         ``image_embeddings`` is 1xCxhxw or BxCxhxw (one row per prompt); coordinates are in the
         resized input frame (img_size pixels). Returns (Bx{1|3}x4hx4w logits, Bx{1|3} IoU).
         """
+        masks, iou = self.decode_all(image_embeddings, point_coords, point_labels, boxes, mask_input)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sel], iou[:, sel]
+
+    def decode_all(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`decode`, returning every mask token's output (Bx4x4hx4w logits, Bx4 IoU): token 0 is
+        the single-mask output, 1..3 the multimask outputs. Training uses it, with an
+        :class:`~sam_engine.model.hybrid_encoder.UnpackedEmbedding` per prompt as ``image_embeddings``."""
         points = None
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("Sam.decode: point_labels are required with point_coords")
             points = (point_coords, point_labels)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.mask_decoder(
-            image_embeddings=image_embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+        maps = self._prompt_maps(points, boxes, mask_input)
+        return self.mask_decoder.predict_masks(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, maps
         )
+
+    def _prompt_maps(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        if self.mask_decoder.refiner is None:
+            return None
+        return self.prompt_encoder.prompt_maps(points, boxes, mask_input)
 
     def decode_where(
         self,
@@ -112,7 +134,8 @@ class Sam(nn.Module):
         those prompts, Bx{1|3} IoU of all). The automatic mask generator uses it to skip the upscaling for
         prompts none of whose masks can pass its IoU filter.
         """
-        sparse, dense = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        points = (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=None)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         rows, masks, iou = self.mask_decoder.predict_masks_where(
             image_embeddings,
@@ -120,6 +143,7 @@ class Sam(nn.Module):
             sparse,
             dense,
             lambda all_iou: keep(all_iou[:, sel]),
+            self._prompt_maps(points, None, None),
         )
         return rows, masks[:, sel], iou[:, sel]
 

@@ -65,7 +65,13 @@ class EpochSampler(Sampler):
 
 
 class MaskDataset(Dataset):
-    """Per item: ``image`` uint8 (3,S,S), ``size`` (h, w) of the resized content, ``masks`` bool (K,S,S), ``valid`` (K,)."""
+    """Per item: ``image`` uint8 (3,S,S), ``size`` (h, w) of the resized content, ``masks`` bool (K,S,S), ``valid`` (K,).
+
+    With probability ``zoom_prob`` an item is a crop around one of the image's masks instead of the whole
+    image, drawn as :class:`~sam_engine.zoom.ZoomPredictor` crops (the mask's box enlarged 1.3-2.5 times, at
+    least 48 px, shifted a little), so the model also learns the zoomed-in views that answer clicks; its K
+    masks are then drawn among the masks that reach into the crop, cut to it.
+    """
 
     def __init__(
         self,
@@ -75,12 +81,14 @@ class MaskDataset(Dataset):
         seed: int = 0,
         min_area: int = 4,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        zoom_prob: float = 0.0,
     ) -> None:
         self.corpus = corpus
         self.img_size = img_size
         self.k = masks_per_image
         self.seed = seed
         self.max_pixels = max_pixels
+        self.zoom_prob = zoom_prob
         self.transform = ResizeLongestSide(img_size)
         self.items: list[tuple[int, list[dict]]] = []
         for idx, rec in enumerate(corpus.images):
@@ -105,6 +113,37 @@ class MaskDataset(Dataset):
         img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)
         return np.asarray(img) >= 128
 
+    def _decode(self, rec: Any, ann: dict, j: int) -> np.ndarray:
+        try:
+            m = rle_utils.decode(ann["segmentation"])
+        except Exception as e:  # noqa: BLE001
+            raise DataError(
+                self.corpus.source or rec.path, ann.get("id", j), "segmentation", f"cannot decode: {e}"
+            ) from e
+        if m.shape != (rec.height, rec.width):
+            raise DataError(
+                self.corpus.source or rec.path,
+                ann.get("id", j),
+                "segmentation",
+                f"mask size {m.shape} differs from image size {(rec.height, rec.width)}",
+            )
+        return m
+
+    def _zoom_crop(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+        """A crop (x0, y0, x1, y1) around ``mask`` as the zoomed-in predictor draws them, or None when the
+        object fills the image (the predictor answers those on the whole image)."""
+        from ..zoom import zoom_box
+
+        h, w = mask.shape
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        bh, bw = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+        shift = rng.uniform(-0.15, 0.15, 2) * (bw, bh)
+        pts = np.array([[cols[0], rows[0]], [cols[-1], rows[-1]]], dtype=np.float64) + shift
+        x0, y0, x1, y1 = zoom_box(None, pts, (h, w), float(rng.uniform(1.3, 2.5)), 48, 1)
+        if (x1 - x0) >= 0.8 * w and (y1 - y0) >= 0.8 * h:
+            return None
+        return x0, y0, x1, y1
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rec_idx, anns = self.items[index]
@@ -117,30 +156,33 @@ class MaskDataset(Dataset):
                 "width/height",
                 f"image is {image.shape[1]}x{image.shape[0]}, record says {rec.width}x{rec.height}",
             )
-        h, w = preprocess_shape(rec.height, rec.width, self.img_size)
-        resized = self.transform.apply_image(image)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        decoded: dict[int, np.ndarray] = {}
+        crop = None
+        if self.zoom_prob > 0 and rng.random() < self.zoom_prob:
+            anchor = int(rng.integers(len(anns)))
+            decoded[anchor] = self._decode(rec, anns[anchor], anchor)
+            if decoded[anchor].any():
+                crop = self._zoom_crop(decoded[anchor], rng)
+        candidates = list(range(len(anns)))
+        if crop is not None:
+            x0, y0, x1, y1 = crop
+            image = image[y0:y1, x0:x1]
+            candidates = [j for j in candidates if _box_meets(anns[j].get("bbox"), crop)]
+        ih, iw = image.shape[:2]
+        h, w = preprocess_shape(ih, iw, self.img_size)
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
         s = self.img_size
         out_img = np.zeros((3, s, s), dtype=np.uint8)
         out_img[:, :h, :w] = resized.transpose(2, 0, 1)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        pick = rng.choice(len(anns), size=min(self.k, len(anns)), replace=False)
+        pick = rng.choice(len(candidates), size=min(self.k, len(candidates)), replace=False)
         masks = np.zeros((self.k, s, s), dtype=bool)
         valid = np.zeros(self.k, dtype=bool)
-        for slot, j in enumerate(sorted(pick)):
-            ann = anns[j]
-            try:
-                m = rle_utils.decode(ann["segmentation"])
-            except Exception as e:  # noqa: BLE001
-                raise DataError(
-                    self.corpus.source or rec.path, ann.get("id", j), "segmentation", f"cannot decode: {e}"
-                ) from e
-            if m.shape != (rec.height, rec.width):
-                raise DataError(
-                    self.corpus.source or rec.path,
-                    ann.get("id", j),
-                    "segmentation",
-                    f"mask size {m.shape} differs from image size {(rec.height, rec.width)}",
-                )
+        for slot, c in enumerate(sorted(pick)):
+            j = candidates[c]
+            m = decoded[j] if j in decoded else self._decode(rec, anns[j], j)
+            if crop is not None:
+                m = m[y0:y1, x0:x1]
             m = self._resize_mask(m, h, w)
             masks[slot, :h, :w] = m
             valid[slot] = m.any()
@@ -150,6 +192,15 @@ class MaskDataset(Dataset):
             "masks": torch.from_numpy(masks),
             "valid": torch.from_numpy(valid),
         }
+
+
+def _box_meets(bbox: Any, crop: tuple[int, int, int, int]) -> bool:
+    """Whether a COCO xywh box reaches into the crop (x0, y0, x1, y1); True when the box is unknown."""
+    if not bbox or len(bbox) != 4:
+        return True
+    bx, by, bw, bh = (float(v) for v in bbox)
+    x0, y0, x1, y1 = crop
+    return bx < x1 and by < y1 and bx + bw > x0 and by + bh > y0
 
 
 def group_by_image(objects: list[EvalObject]) -> list[list[EvalObject]]:
@@ -182,8 +233,10 @@ class MaskDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         min_area: int = 4,
+        zoom_prob: float = 0.0,
     ) -> None:
         super().__init__()
+        self.zoom_prob = zoom_prob
         self.corpus = corpus
         self.img_size = img_size
         self.batch_size = batch_size
@@ -204,7 +257,9 @@ class MaskDataModule(L.LightningDataModule):
             train, val = split_by_image(self.corpus, self.val_fraction, self.seed)
         else:
             train, val = self.corpus, self.val_corpus
-        self.train_set = MaskDataset(train, self.img_size, self.masks_per_image, self.seed, self.min_area)
+        self.train_set = MaskDataset(
+            train, self.img_size, self.masks_per_image, self.seed, self.min_area, zoom_prob=self.zoom_prob
+        )
         if val is not None and val.images and self.val_max_objects > 0:
             objs = corpus_objects(
                 val, max_objects=self.val_max_objects, seed=self.seed, min_area=self.min_area

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..evaluation.interactive import ClickProtocol, EvalObject, run_clicks
 from ..model import build_sam
+from ..model.hybrid_encoder import UnpackedEmbedding
 from .losses import LossWeights, sam_loss
 from .prompts import PromptSchedule, error_points, first_prompts
 
@@ -136,9 +137,13 @@ class SamModule(L.LightningModule):
         gt_full: torch.Tensor,
         bounds: torch.Tensor,
         generator: torch.Generator,
+        image_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run the prompt rounds for M masks (embeddings (M,C,h,w), gt (M,S,S) bool) and return the losses."""
+        """Run the prompt rounds for M masks (gt (M,S,S) bool) and return the losses. ``embeddings`` is
+        (M,C,h,w), or one row per image with ``image_index`` (M,) naming each mask's image."""
         model = self.model
+        # unpacked (and gathered per mask) once for all rounds
+        embeddings = UnpackedEmbedding.of(embeddings, model.mask_decoder.transformer_dim, image_index)
         s = gt_full.shape[-1]
         low = model.prompt_encoder.mask_input_size[0]
         factor = s // low
@@ -148,7 +153,6 @@ class SamModule(L.LightningModule):
         prompts = first_prompts(
             gt_full, generator, sch.box_prob, sch.box_noise_frac, sch.box_noise_max, bounds, sch.interior_prob
         )
-        pe = model.prompt_encoder.get_dense_pe()
         m = gt_full.shape[0]
         single = torch.zeros((m, 4), dtype=torch.bool, device=gt_full.device)
         single[:, 0] = True
@@ -161,21 +165,17 @@ class SamModule(L.LightningModule):
         adds = [True] * (len(graded) - len(kinds)) + kinds
         for r, (adds_point, grad) in enumerate(zip(adds, graded, strict=True)):
             if r > 0 and adds_point:
-                xy, lab = error_points(prev_logits.detach() > 0, gt_low_bin, generator, scale=float(factor))
+                xy, lab = error_points(
+                    prev_logits.detach() > 0, gt_low_bin, generator, float(factor), sch.center_prob
+                )
                 prompts = prompts.append(xy, lab)
             if not grad:  # an ungraded round only moves the prompts and the fed-back logits on
                 with torch.no_grad():
-                    sparse, dense = model.prompt_encoder(
-                        points=(prompts.coords, prompts.labels), boxes=None, masks=mask_input
-                    )
-                    logits, _ = model.mask_decoder.predict_masks(embeddings, pe, sparse, dense)
+                    logits, _ = model.decode_all(embeddings, prompts.coords, prompts.labels, None, mask_input)
                 prev_logits = logits[:, 0]
                 mask_input = prev_logits[:, None]
                 continue
-            sparse, dense = model.prompt_encoder(
-                points=(prompts.coords, prompts.labels), boxes=None, masks=mask_input
-            )
-            logits, iou_pred = model.mask_decoder.predict_masks(embeddings, pe, sparse, dense)
+            logits, iou_pred = model.decode_all(embeddings, prompts.coords, prompts.labels, None, mask_input)
             if r == 0:
                 multi = ~prompts.is_box
                 allowed = torch.where(multi[:, None], ~single, single)
@@ -211,7 +211,7 @@ class SamModule(L.LightningModule):
         embeddings = self.encode(batch["image"], batch["size"])
         gt_full = batch["masks"][b_idx, k_idx]
         gen = _step_generator(self.hparams.seed, self.global_step)
-        out = self.interactive_loss(embeddings[b_idx], gt_full, batch["size"][b_idx], gen)
+        out = self.interactive_loss(embeddings, gt_full, batch["size"][b_idx], gen, b_idx)
         n = int(b_idx.numel())
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         self.log("train/iou_1", out["iou_first"], prog_bar=True, batch_size=n)

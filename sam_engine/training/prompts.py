@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 LABEL_PAD, LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
 
@@ -38,6 +40,9 @@ class PromptSchedule:
     box_noise_frac: float = 0.1
     box_noise_max: float = 20.0
     interior_prob: float = 0.5
+    # share of error-region points placed as the click protocol (and people) place them: at the deepest
+    # point of the larger error region, instead of uniformly over the error
+    center_prob: float = 0.0
 
     def rounds(self, generator: torch.Generator) -> list[bool]:
         """The kinds of the rounds after round 0: True adds a point, False is mask-only (seeded placement)."""
@@ -210,20 +215,52 @@ def first_prompts(
     return Prompts(coords, labels.to(torch.int64), is_box)
 
 
+def region_depth(region: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each pixel of an (M, h, w) bool batch to the outside of its region, the image
+    border counting as outside (the click protocol's padded distance transform); 0 outside."""
+    padded = np.pad(region.cpu().numpy(), ((0, 0), (1, 1), (1, 1)))
+    # one 3-D transform for the batch; the huge spacing between slices keeps each row's distances 2-D
+    depth = ndimage.distance_transform_edt(padded, sampling=(1e6, 1.0, 1.0))[:, 1:-1, 1:-1]
+    return torch.from_numpy(depth.astype(np.float32)).to(region.device)
+
+
+def deepest_error_points(
+    pred: torch.Tensor, gt: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The click protocol's next click for each row of (M, h, w) bool prediction vs GT: the deepest pixel of
+    the false negatives when they reach deeper than the false positives (a positive click), else of the
+    false positives (negative); ties broken at random. Returns (yx (M, 2) long, positive (M,) bool)."""
+    d_fn = region_depth(gt & ~pred)
+    d_fp = region_depth(pred & ~gt)
+    positive = d_fn.flatten(1).amax(dim=1) >= d_fp.flatten(1).amax(dim=1)
+    depth = torch.where(positive[:, None, None], d_fn, d_fp)
+    jitter = torch.rand(depth.shape, generator=generator, device=depth.device) * 0.5
+    idx = torch.where(depth > 0, depth + jitter, torch.zeros_like(depth)).flatten(1).argmax(dim=1)
+    w = depth.shape[2]
+    return torch.stack([idx // w, idx % w], dim=1), positive
+
+
 def error_points(
     pred: torch.Tensor,
     gt: torch.Tensor,
     generator: torch.Generator,
     scale: float = 1.0,
+    center_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A point drawn uniformly from each row's error region of (M, h, w) bool prediction vs GT.
 
     The point's label is 1 on a false negative and 0 on a false positive; rows without error get label -1.
+    With probability ``center_prob`` a row's point is the click protocol's instead (:func:`deepest_error_points`).
     ``scale`` maps the mask grid to the input frame (e.g. 4 for low-res masks); the point lands at a random
     position inside the chosen cell. Returns (coords (M, 2) xy float, labels (M,) long).
     """
     error = pred ^ gt
     yx, found = sample_uniform(error, generator)
+    if center_prob > 0:
+        deep = torch.rand(gt.shape[0], generator=generator, device=gt.device) < center_prob
+        if bool(deep.any()):
+            yx_deep, _ = deepest_error_points(pred[deep], gt[deep], generator)
+            yx[deep] = yx_deep
     rows = torch.arange(gt.shape[0], device=gt.device)
     positive = gt[rows, yx[:, 0], yx[:, 1]]
     labels = torch.where(positive, LABEL_POS, LABEL_NEG)

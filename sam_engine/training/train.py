@@ -51,6 +51,22 @@ class TrainResult:
     model_version: str | None = None
 
 
+def recipe_from_config(t: Any) -> dict[str, Any]:
+    """The interactive-training recipe of a :class:`~sam_engine.config.TrainSection` as ``train_model``
+    keyword arguments (the engine's versions and the released pretrain use the same)."""
+    schedule = PromptSchedule(
+        ungraded_rounds_max=t.ungraded_rounds_max,
+        mask_only_rounds=t.mask_only_rounds,
+        center_prob=t.center_prob,
+    )
+    return {
+        "masks_per_image": t.masks_per_image,
+        "prompts_per_mask": t.prompts_per_mask,
+        "zoom_prob": t.zoom_prob,
+        "schedule": asdict(schedule),
+    }
+
+
 def _load_start(
     model_name_or_checkpoint: str | Path | Any,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None, str]:
@@ -140,6 +156,7 @@ def train_model(
     *,
     masks_per_image: int = 8,
     prompts_per_mask: int = 2,
+    zoom_prob: float = 0.0,
     attention_init_gain: float | None = 3.0,
     attention_init_both: bool = True,
     weight_decay: float = 0.05,
@@ -205,6 +222,7 @@ def train_model(
         val_max_objects=val_max_objects,
         seed=seed,
         num_workers=num_workers,
+        zoom_prob=zoom_prob,
     )
     dm.setup("fit")
 
@@ -232,6 +250,7 @@ def train_model(
             "batch_size": batch_size,
             "masks_per_image": masks_per_image,
             "prompts_per_mask": prompts_per_mask,
+            "zoom_prob": zoom_prob,
             "attention_init_gain": attention_init_gain if start_state is None else None,
             "lr": lr,
             "weight_decay": weight_decay,
