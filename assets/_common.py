@@ -11,7 +11,13 @@ from sam_engine.model_store import ModelRef
 
 
 def workspace(engine: EngineResource) -> Workspace:
-    return Workspace(engine.config())
+    """The step's workspace; also sets the step's torch threads (steps run one at a time: every core, or
+    ``torch_threads``)."""
+    from sam_engine.threads import configure_torch_threads
+
+    cfg = engine.config()
+    configure_torch_threads(threads=cfg.torch_threads)
+    return Workspace(cfg)
 
 
 def table_md(df: pd.DataFrame, digits: int = 3) -> MetadataValue:

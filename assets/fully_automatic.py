@@ -13,6 +13,7 @@ from dagster import (
 
 from assets._common import workspace
 from jobs.resources import EngineResource
+from sam_engine.engine import checks
 from sam_engine.engine.fully_automatic import qa_shard, write_engine_shard
 from sam_engine.engine.splits import shard_images, shard_partitions, stage_split
 from sam_engine.model_store import ModelRef
@@ -78,7 +79,7 @@ def sa1b_shards(context: AssetExecutionContext, engine: EngineResource, model_v2
         f"{context.partition_key}: {info['masks']} masks on {info['images']} images; "
         f"QA good share {qa['share_good']:.2f} [{qa['ci_low']:.2f}, {qa['ci_high']:.2f}]"
     )
-    floor = ws.cfg.stages.qa_min_good_share
+    verdict = checks.shard_qa_floor(info, ws.cfg.stages.qa_min_good_share)
     yield Output(
         info,
         metadata={
@@ -97,6 +98,11 @@ def sa1b_shards(context: AssetExecutionContext, engine: EngineResource, model_v2
     )
     yield AssetCheckResult(
         check_name="shard_qa_floor",
-        passed=bool(qa["share_good"] >= floor),
-        metadata={"share_good": qa["share_good"], "ci_low": qa["ci_low"], "floor": floor},
+        passed=verdict.passed,
+        description=verdict.detail,
+        metadata={
+            "share_good": qa["share_good"],
+            "ci_low": qa["ci_low"],
+            "floor": ws.cfg.stages.qa_min_good_share,
+        },
     )

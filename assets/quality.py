@@ -13,8 +13,7 @@ from dagster import (
 
 from assets._common import table_md, workspace
 from jobs.resources import EngineResource
-from sam_engine.engine import quality, report
-from sam_engine.engine.splits import stage_split
+from sam_engine.engine import checks, quality, report
 
 GROUP = "quality"
 
@@ -53,14 +52,13 @@ def quality_by_stage(context: AssetExecutionContext, engine: EngineResource, sa1
             description="Every region has at least the configured share of images covered.",
         )
     ],
-    description="Per region: pool images and the share with at least one accepted mask (any stage).",
+    description="Per region: pool images and the share with at least one accepted mask (stages 1-2) or kept "
+    "automatic mask (stage 3).",
 )
 def region_coverage(context: AssetExecutionContext, engine: EngineResource, sa1b_shards: dict):
     ws = workspace(engine)
-    split = stage_split(ws.pool, ws.cfg)
-    shard_ids = [i for s in _shards_list(sa1b_shards) for i in s.get("image_ids", [])] or [
-        r.image_id for r in split[3]
-    ]
+    # a stage-3 image counts as covered only when it carries a kept mask
+    shard_ids = [i for s in _shards_list(sa1b_shards) for i in s.get("covered_image_ids", [])]
     with ws.open_store(read_only=True) as store:
         df = quality.region_coverage(
             {im.image_id: im.region for im in ws.pool.images}, store, shard_image_ids=shard_ids
@@ -68,12 +66,46 @@ def region_coverage(context: AssetExecutionContext, engine: EngineResource, sa1b
     chart = report.coverage_chart(df)
     yield Output(df, metadata={"table": table_md(df), "chart": MetadataValue.md(chart)})
     floor = ws.cfg.stages.coverage_floor
-    worst = float(df["coverage"].min()) if len(df) else 0.0
+    verdict = checks.coverage_floor(df, floor)
     yield AssetCheckResult(
         check_name="coverage_floor",
-        passed=worst >= floor,
-        metadata={"lowest_region_coverage": worst, "floor": floor},
+        passed=verdict.passed,
+        description=verdict.detail,
+        metadata={"lowest_region_coverage": float(df["coverage"].min()) if len(df) else 0.0, "floor": floor},
     )
+
+
+@asset(
+    group_name=GROUP,
+    ins={"sa1b_shards": AssetIn()},
+    deps=["pool_ground_truth"],
+    check_specs=[
+        AssetCheckSpec(
+            "stage3_precision",
+            asset="stage3_audit",
+            description="The share of all stage-3 masks at IoU > 0.9 with the hidden ground truth reaches "
+            "stages.stage3_min_precision.",
+        ),
+        AssetCheckSpec(
+            "qa_agrees",
+            asset="stage3_audit",
+            description="The pooled QA samples' interval holds the share measured on every stage-3 mask.",
+        ),
+    ],
+    description="Every stage-3 mask against the pool's hidden ground truth: masks per image and share at IoU "
+    "> 0.9, per shard and overall, beside the QA estimates; an overlay of stage-3 masks.",
+)
+def stage3_audit(context: AssetExecutionContext, engine: EngineResource, sa1b_shards: dict):
+    from sam_engine.data.sa1b import read_shards
+
+    ws = workspace(engine)
+    shards = _shards_list(sa1b_shards)
+    kept = read_shards(ws.shard_paths(), cache_dir=ws.cfg.data_dir / "shard_cache")
+    df = quality.stage3_audit(shards, kept.annotations, ws.ground_truth())
+    picture = report.stage_overlay(ws, kept.annotations, "stage 3 (automatic)")
+    yield Output(df, metadata={"table": table_md(df), "overlay": MetadataValue.md(picture)})
+    for verdict in (checks.stage3_precision(df, ws.cfg.stages.stage3_min_precision), checks.qa_agrees(df)):
+        yield AssetCheckResult(check_name=verdict.check, passed=verdict.passed, description=verdict.detail)
 
 
 @asset(
@@ -142,8 +174,11 @@ def shard_drift(context: AssetExecutionContext, engine: EngineResource, sa1b_sha
         "eval_model_v2": AssetIn(),
         "eval_model_v3": AssetIn(),
         "sa1b_shards": AssetIn(),
+        "stage3_audit": AssetIn(),
+        "shard_drift": AssetIn(),
     },
-    description="The engine report: stages, models v0..v3 on the gold set, coverage, annotators; HTML with plots.",
+    description="The engine report: failed checks first, then stages, the stage-3 audit, models v0..v3 on the "
+    "gold set, coverage, annotators, mask overlays per stage; text, Markdown, HTML and JSON.",
 )
 def engine_report(
     context: AssetExecutionContext,
@@ -156,11 +191,20 @@ def engine_report(
     eval_model_v2: dict,
     eval_model_v3: dict,
     sa1b_shards: dict,
+    stage3_audit: pd.DataFrame,
+    shard_drift: dict,
 ) -> Output[dict]:
     ws = workspace(engine)
     evals = {"v0": eval_model_v0, "v1": eval_model_v1, "v2": eval_model_v2, "v3": eval_model_v3}
     rep = report.build_report(
-        ws, quality_by_stage, region_coverage, annotator_stats, evals, _shards_list(sa1b_shards)
+        ws,
+        quality_by_stage,
+        region_coverage,
+        annotator_stats,
+        evals,
+        _shards_list(sa1b_shards),
+        audit=stage3_audit,
+        drift=shard_drift,
     )
     context.log.info("\n" + rep["text"])
     return Output(
@@ -168,6 +212,8 @@ def engine_report(
         metadata={
             "report": MetadataValue.md(rep["markdown"]),
             "html": MetadataValue.path(rep["html_path"]),
+            "json": MetadataValue.path(rep["json_path"]),
+            "failed_checks": len(rep["failed"]),
             "models": table_md(rep["models"]),
         },
     )

@@ -1,6 +1,11 @@
 """The one `Definitions` object of the code location (loaded by workspace.yaml and `make ui`)."""
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    Definitions,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+    multiprocess_executor,
+)
 
 from assets import corpora, fully_automatic, human_stages, models, quality
 from jobs.engine_jobs import drift_job, retrain_stage1_job, retrain_stage2_job, stage3_shards_job
@@ -17,4 +22,7 @@ defs = Definitions(
     sensors=[retrain_sensor],
     schedules=[drift_schedule],
     resources={"engine": EngineResource()},
+    # Steps are torch processes sharing the machine's cores: one at a time, each with every core
+    # (sam_engine/threads.py). Two concurrent steps with every core each ran ~10x slower on 2 cores.
+    executor=multiprocess_executor.configured({"max_concurrent": 1}),
 )

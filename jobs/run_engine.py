@@ -65,24 +65,44 @@ def main(argv: list[str] | None = None) -> int:
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     assets = list(defs.assets) + list(defs.asset_checks or [])
     t0 = time.perf_counter()
-    _run(
-        assets,
-        instance,
-        engine,
-        UPSTREAM_OF_SHARDS,
-        label="corpora → v0 → stage 1 → v1 → stage 2 → v2 → plan",
-    )
+    results = [
+        _run(
+            assets,
+            instance,
+            engine,
+            UPSTREAM_OF_SHARDS,
+            label="corpora → v0 → stage 1 → v1 → stage 2 → v2 → plan",
+        )
+    ]
     keys = instance.get_dynamic_partitions("sa1b_shards")
     plan = instance.get_latest_materialization_event(AssetKey("stage3_plan"))
     n_plan = plan.asset_materialization.metadata["shards"].value if plan else len(keys)
     for key in sorted(keys)[:n_plan]:
-        _run(assets, instance, engine, AssetSelection.assets("sa1b_shards"), partition_key=key, label=key)
+        results.append(
+            _run(assets, instance, engine, AssetSelection.assets("sa1b_shards"), partition_key=key, label=key)
+        )
     rest = AssetSelection.all() - UPSTREAM_OF_SHARDS - AssetSelection.assets("sa1b_shards")
-    _run(assets, instance, engine, rest, label="v3, evaluations, quality, report")
+    results.append(_run(assets, instance, engine, rest, label="v3, evaluations, quality, report"))
     cfg = engine.config()
     print((cfg.reports_dir / "engine_report.txt").read_text())
-    print(f"\nHTML report: {cfg.reports_dir / 'engine_report.html'}   total {time.perf_counter() - t0:.0f}s")
+    print(f"\nHTML report: {cfg.reports_dir / 'engine_report.html'}")
+    print(f"JSON report: {cfg.reports_dir / 'engine_report.json'}")
+    print(check_summary(results))
+    print(f"total {time.perf_counter() - t0:.0f}s")
     return 0
+
+
+def check_summary(results: list) -> str:
+    """The run's verdict: how many asset checks ran, and every failed one by name with its description."""
+    evaluations = [e for r in results for e in r.get_asset_check_evaluations()]
+    failed = [e for e in evaluations if not e.passed]
+    lines = [f"checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed"]
+    for e in failed:
+        partition = f" [{e.partition}]" if getattr(e, "partition", None) else ""
+        lines.append(
+            f"FAILED {e.check_name} on {e.asset_key.to_user_string()}{partition}: {e.description or ''}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ class ModelSection(_Section):
     # use it. Off: SAM's single pass on the whole image.
     zoom_in: bool = True
     zoom_expansion: float = Field(1.7, ge=1.0)
+    # Masks follow the image's own edges: snapped to an over-segmentation, each click deciding the region it
+    # lands on (sam_engine/snap.py); evaluations, annotation sessions, simulated annotators and the automatic
+    # masks all use it. Off: the model's masks as they come.
+    snap: bool = True
 
 
 class TrainSection(_Section):
@@ -73,7 +77,7 @@ class TrainSection(_Section):
     # v0 starts from the released public-data checkpoint (released/, made by `make pretrain`) when its
     # recipe matches this configuration; False (PRETRAIN=1 make run) trains v0 here from scratch instead.
     use_release: bool = True
-    pretrain_steps: int = 5000  # the release's recipe: steps on the public corpus ...
+    pretrain_steps: int = 2500  # the release's recipe: steps on the public corpus ...
     pretrain_extra_images: int = 18000  # ... plus this many more public images from the same generator
     num_workers: int = 0
     # Predictors, AMG and training: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N.
@@ -105,20 +109,28 @@ class StagesSection(_Section):
     stage2_complete_images: int = 50  # stage-2 images chosen by the diversity sampler for human completion
     amg_points_per_side: int = 16
     amg_points_per_batch: int = 128
-    amg_pred_iou_thresh: float = 0.88
+    amg_pred_iou_thresh: float = 0.88  # used only where a model version has no gold calibration
     amg_stability_score_thresh: float = 0.92
+    # Each model version's automatic-mask thresholds are calibrated on gold (sam_engine/amg/calibration.py)
+    # to these precisions (share of kept masks at IoU > 0.9 with a gold mask): stage 3 keeps masks at
+    # amg_target_precision; stage 2 auto-accepts at stage2_accept_precision and sends the band down to
+    # stage2_review_precision to review.
+    amg_target_precision: float = 0.85
+    stage2_accept_precision: float = 0.93
+    stage2_review_precision: float = 0.6
     # On a GPU: images per generate_batch call and per encoder call (the CPU keeps AmgParams' 4).
     amg_gpu_images_per_call: int = Field(16, ge=1)
     qa_masks_per_shard: int = 40
-    qa_good_iou: float = 0.75
-    qa_min_good_share: float = 0.6
+    qa_good_iou: float = 0.9  # a QA reviewer calls a mask good at this IoU with the true object
+    qa_min_good_share: float = 0.7  # per shard, on its QA sample
+    stage3_min_precision: float = 0.8  # all stage-3 masks against the hidden ground truth (stage3_audit)
     retrain_min_new_masks: int = 200
     coverage_floor: float = 0.5  # every region: at least this share of its pool images carries masks
 
 
 class EvalSection(_Section):
     gold_objects: int = 150  # click-protocol objects sampled from the gold set per evaluation
-    gold_amg_images: int = 20  # gold images for automatic-mask recall
+    gold_amg_images: int = 40  # gold images for automatic-mask calibration (half) and recall (the other half)
     public_val_objects: int = 100
     max_clicks: int = 20
     # The no-regression gate (sam_engine.evaluation.regression): a new model fails only when the one-sided
@@ -135,6 +147,9 @@ class EngineConfig(_Section):
     profile: Literal["smoke", "default", "scale"] = "default"
     seed: int = 0
     annotators: Literal["simulated", "human"] = "simulated"
+    # Torch threads of each engine step (None: every core, since steps run one at a time; see
+    # sam_engine/threads.py). Set it lower when other torch processes share the machine.
+    torch_threads: int | None = None
     data_dir: Path = REPO_ROOT / "data"
     # Where stage-3 shards and model checkpoints are published: None is the data folder (as before); any
     # fsspec URL (s3://bucket/shards, gs://..., memory://... in tests) goes through sam_engine.storage.
@@ -211,6 +226,11 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "amg_stability_score_thresh": 0.0,
             "qa_masks_per_shard": 8,
             "qa_min_good_share": 0.0,
+            "stage3_min_precision": 0.0,
+            # an untrained smoke model reaches no real precision: keep its masks so every stage runs
+            "amg_target_precision": 0.0,
+            "stage2_accept_precision": 0.5,
+            "stage2_review_precision": 0.0,
             "retrain_min_new_masks": 5,
             "image_budget_s": 60.0,
         },

@@ -35,10 +35,13 @@ ACCEPT, REVIEW, DISCARD = "accept", "review", "discard"
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """Predicted-IoU thresholds of stage-2 routing."""
+    """Predicted-IoU thresholds of stage-2 routing, and the stability score each route needs too (a
+    proposal without a stability score passes those)."""
 
     accept_iou: float = 0.9
     review_iou: float = 0.7
+    accept_stability: float = 0.0
+    review_stability: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.review_iou <= self.accept_iou <= 1.0:
@@ -48,14 +51,17 @@ class RoutingConfig:
             )
 
 
-def route(predicted_iou: float | None, config: RoutingConfig | None = None) -> str:
-    """``accept`` / ``review`` / ``discard`` for one proposal (a missing score is discarded)."""
+def route(
+    predicted_iou: float | None, config: RoutingConfig | None = None, stability: float | None = None
+) -> str:
+    """``accept`` / ``review`` / ``discard`` for one proposal (a missing predicted IoU is discarded)."""
     config = config or RoutingConfig()
     if predicted_iou is None or not np.isfinite(predicted_iou):
         return DISCARD
-    if predicted_iou >= config.accept_iou:
+    stab = float("inf") if stability is None or not np.isfinite(stability) else stability
+    if predicted_iou >= config.accept_iou and stab >= config.accept_stability:
         return ACCEPT
-    if predicted_iou >= config.review_iou:
+    if predicted_iou >= config.review_iou and stab >= config.review_stability:
         return REVIEW
     return DISCARD
 
@@ -78,7 +84,7 @@ def route_proposals(proposals: Sequence[Mapping[str, Any]], config: RoutingConfi
     for i, p in enumerate(proposals):
         if "predicted_iou" not in p:
             raise ValueError(f"proposal {i}: missing field 'predicted_iou'")
-        getattr(out, route(p["predicted_iou"], config)).append(dict(p))
+        getattr(out, route(p["predicted_iou"], config, p.get("stability_score"))).append(dict(p))
     return out
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from sam_engine.model.sam import Sam
 from sam_engine.model.transforms import preprocess_shape
 from sam_engine.predictor import EmbeddingCache, SamPredictor
+from sam_engine.snap import SnapPredictor
 
 OUTSIDE_LOGIT = -20.0  # logit given to pixels outside the crop (and to the padding of a fed-back crop mask)
 
@@ -277,10 +278,13 @@ def interactive_predictor(
     cache: EmbeddingCache | None = None,
     zoom: bool = True,
     expansion: float = 1.7,
-) -> SamPredictor | ZoomPredictor:
-    """The predictor the engine answers clicks with: a :class:`SamPredictor`, zoomed in unless ``zoom`` is off."""
+    snap: bool = False,
+) -> SamPredictor | ZoomPredictor | SnapPredictor:
+    """The predictor the engine answers clicks with: a :class:`SamPredictor`, zoomed in unless ``zoom`` is off,
+    its masks snapped to the image's regions with ``snap`` (:mod:`sam_engine.snap`)."""
     base = SamPredictor(model, cache=cache)
-    return ZoomPredictor(base, expansion=expansion) if zoom else base
+    out = ZoomPredictor(base, expansion=expansion) if zoom else base
+    return SnapPredictor(out) if snap else out
 
 
 def predictor_lanes(
@@ -289,7 +293,8 @@ def predictor_lanes(
     zoom: bool = True,
     expansion: float = 1.7,
     cache: EmbeddingCache | None = None,
-) -> list[SamPredictor | ZoomPredictor]:
+    snap: bool = False,
+) -> list[SamPredictor | ZoomPredictor | SnapPredictor]:
     """``lanes`` interactive predictors over one model, sharing the whole-image embedding cache (``cache``; the
     process-wide default when None) and one crop cache.
 
@@ -299,8 +304,9 @@ def predictor_lanes(
     if lanes < 1:
         raise ValueError(f"predictor_lanes: lanes {lanes} must be >= 1")
     crops = EmbeddingCache(256)
-    out: list[SamPredictor | ZoomPredictor] = []
+    out: list[SamPredictor | ZoomPredictor | SnapPredictor] = []
     for _ in range(lanes):
         base = SamPredictor(model, cache=cache)
-        out.append(ZoomPredictor(base, expansion=expansion, crop_cache=crops) if zoom else base)
+        lane = ZoomPredictor(base, expansion=expansion, crop_cache=crops) if zoom else base
+        out.append(SnapPredictor(lane) if snap else lane)
     return out

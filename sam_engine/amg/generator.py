@@ -165,7 +165,7 @@ class AutomaticMaskGenerator:
                         )
                         per_image[i].append(found)
                     del embeddings
-                return [self._finish(per_image[i], im.shape[:2]) for i, im in enumerate(images)]
+                return [self._finish(per_image[i], im) for i, im in enumerate(images)]
         finally:
             self.model.train(was_training)
 
@@ -309,8 +309,9 @@ class AutomaticMaskGenerator:
         rles = [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
         return rles, boxes
 
-    def _finish(self, crops: list[_Masks], image_size: tuple[int, int]) -> list[dict]:
+    def _finish(self, crops: list[_Masks], image: np.ndarray) -> list[dict]:
         p = self.params
+        image_size = image.shape[:2]
         found = _Masks.cat(crops)
         if len(crops) > 1 and len(found):
             # Prefer masks from smaller crops.
@@ -323,7 +324,30 @@ class AutomaticMaskGenerator:
             )
             found = found.select(keep)
             found.rles, found.boxes = rles, boxes
+        if p.snap_scale is not None and len(found):
+            found = _snapped(found, image, p)
         return _records(found, image_size, p.max_mask_area_ratio)
+
+
+def _snapped(found: _Masks, image: np.ndarray, p: AmgParams) -> _Masks:
+    """The masks snapped to the image's regions (:mod:`sam_engine.snap`), emptied ones dropped, then box NMS
+    again (snapping can make two masks the same)."""
+    from sam_engine.snap import Regions, SnapParams
+
+    regions = Regions.of(image, SnapParams(scale=float(p.snap_scale)))
+    masks = rle_utils.decode_batch(found.rles)
+    snapped = np.stack([regions.snap_mask(m) for m in masks])
+    nonempty = snapped.reshape(len(snapped), -1).any(axis=1)
+    found = found.select(torch.from_numpy(nonempty))
+    snapped = snapped[nonempty]
+    if not len(found):
+        return found
+    encoded = mask_utils.encode(np.asfortranarray(snapped.transpose(1, 2, 0).astype(np.uint8)))
+    xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
+    found.boxes = torch.cat([xywh[:, :2], xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)], dim=1)
+    found.rles = [{"size": list(image.shape[:2]), "counts": r["counts"].decode("ascii")} for r in encoded]
+    keep = nms(found.boxes.float(), found.iou, p.box_nms_thresh)
+    return found.select(keep)
 
 
 def _records(found: _Masks, image_size: tuple[int, int], max_area_ratio: float | None) -> list[dict]:

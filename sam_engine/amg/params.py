@@ -34,6 +34,9 @@ class AmgParams(BaseModel):
     min_mask_region_area: int = Field(0, ge=0)
     max_mask_area_ratio: float | None = Field(0.95, gt=0.0)
     encoder_batch_size: int = Field(4, ge=1)
+    # Snap every kept mask to the image's regions (sam_engine/snap.py) before the records are written; None
+    # keeps the model's masks (SAM's behaviour). The value is the over-segmentation's scale.
+    snap_scale: float | None = None
 
     @model_validator(mode="after")
     def _check_grids(self) -> AmgParams:

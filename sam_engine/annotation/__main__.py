@@ -51,6 +51,7 @@ def load_predictor(
     seed: int = 0,
     zoom: bool = True,
     lanes: int = 1,
+    snap: bool = True,
 ) -> list[object]:
     """``lanes`` interactive predictors (``sam_engine.zoom``; ``zoom`` off: plain ``SamPredictor`` s) over one
     checkpoint (own format or official SAM) or, with ``random_init``, an untrained model of the named
@@ -71,7 +72,7 @@ def load_predictor(
     else:
         raise SystemExit("give --checkpoint PATH, or --random-init to serve an untrained model")
     sam.eval()
-    return predictor_lanes(sam, lanes, zoom=zoom)
+    return predictor_lanes(sam, lanes, zoom=zoom, snap=snap)
 
 
 def default_lanes(torch_threads: int) -> int:
@@ -107,6 +108,7 @@ def _serve(args: argparse.Namespace) -> None:
         args.seed,
         zoom=not args.no_zoom,
         lanes=args.lanes if args.lanes > 0 else default_lanes(args.torch_threads),
+        snap=not args.no_snap,
     )
     resolver = ImageResolver(store, dirs, cache_dir=cache_dir)
     service = SegmentationService(predictor, resolver.load, cache_size=args.cache_size)
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--random-init", action="store_true", help="serve an untrained model (tests, demos)")
     serve.add_argument(
         "--no-zoom", action="store_true", help="answer clicks on the whole image only (no zoom-in refinement)"
+    )
+    serve.add_argument(
+        "--no-snap", action="store_true", help="the model's masks as they come (no region snapping)"
     )
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--cache-size", type=int, default=16, help="images whose embeddings stay cached")

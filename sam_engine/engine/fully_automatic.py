@@ -11,19 +11,21 @@ from typing import Any
 
 from ..data.corpus import ImageRecord
 from ..model_store import ModelRef
-from .models import amg_params
+from .models import amg_params, calibrated_amg_params
 from .workspace import Workspace
 
 
-def stage3_amg(ws: Workspace) -> tuple[Any, int | None]:
+def stage3_amg(ws: Workspace, model: ModelRef | None = None) -> tuple[Any, int | None]:
     """AMG settings and images per ``generate_batch`` call for stage 3 on ``ws.device``.
 
-    CPU: the configured settings and the writer's default (``encoder_batch_size`` images per call). GPU:
+    The thresholds are ``model``'s, calibrated on gold for the stage-3 precision target
+    (:func:`~sam_engine.engine.models.calibrated_amg_params`; the configured ones without a model or a
+    calibration). CPU: the writer's default batching (``encoder_batch_size`` images per call). GPU:
     ``amg_gpu_images_per_call`` images per call, all in one encoder batch.
     """
     from ..amg.params import AmgParams
 
-    params = amg_params(ws)
+    params = calibrated_amg_params(ws, model, "stage3") if model is not None else amg_params(ws)
     if ws.device.type != "cuda":
         return params, None
     n = ws.cfg.stages.amg_gpu_images_per_call
@@ -38,7 +40,7 @@ def write_engine_shard(
     from ..stage3 import write_shard
 
     sam = ws.load_model(model)
-    params, per_call = stage3_amg(ws)
+    params, per_call = stage3_amg(ws, model)
     seed = ws.cfg.seed
     images = [ws.localize(r) for r in images]  # a remote pool's images through the workspace cache
     if ws.cfg.shards_url is None:
@@ -50,6 +52,7 @@ def write_engine_shard(
             "bytes": r.num_bytes,
             "images": len(r.image_ids),
             "image_ids": list(r.image_ids),
+            "covered_image_ids": _covered(r.image_ids, r.mask_counts),
             "masks": r.num_masks,
             "blurred_boxes": r.blurred_boxes,
             "masks_per_image": r.num_masks / max(1, len(r.image_ids)),
@@ -76,11 +79,17 @@ def write_engine_shard(
         "bytes": e["bytes"],
         "images": e["num_images"],
         "image_ids": list(e["image_ids"]),
+        "covered_image_ids": _covered(e["image_ids"], e["mask_counts"]),
         "masks": e["num_masks"],
         "blurred_boxes": e["blurred_boxes"],
         "masks_per_image": e["num_masks"] / max(1, e["num_images"]),
         "model_sha256": model.sha256,
     }
+
+
+def _covered(image_ids: list[int], mask_counts: list[int]) -> list[int]:
+    """The images of a shard that carry at least one kept mask."""
+    return [int(i) for i, n in zip(image_ids, mask_counts, strict=True) if n > 0]
 
 
 def qa_shard(ws: Workspace, shard_path, n: int | None = None) -> dict[str, Any]:

@@ -293,7 +293,7 @@ def evaluate_version(
         metrics = _evaluate_on_gold(ws, ref, with_amg)
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cached, metrics)
-    scalars = {k: v for k, v in metrics.items() if k not in ("by_region", "per_object")}
+    scalars = {k: v for k, v in metrics.items() if k not in ("by_region", "per_object", "calibration")}
     if log_fn:
         log_fn(f"{ref.name}: {json.dumps({k: round(v, 4) for k, v in scalars.items()})}")
     if ref.mlflow_run_id:
@@ -323,6 +323,8 @@ def _evaluation_path(ws: Workspace, ref: ModelRef, with_amg: bool) -> Path:
         "amg": amg_params(ws).model_dump() if with_amg else None,
         "corpus": cfg.corpus.model_dump(),
         "per_object": 1,  # results carry the per-object table
+        "calibration": calibration_targets(ws) if with_amg else None,
+        "snap": cfg.model.snap,
     }
     key = hashlib.sha256(f"{ref.sha256}:{json.dumps(settings, sort_keys=True, default=str)}".encode())
     return cfg.data_dir / "evaluations" / f"{key.hexdigest()[:24]}.json"
@@ -341,14 +343,20 @@ def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> dict[str,
         f"gold/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)
     }
     if with_amg:
-        amg = amg_recall(ws, ref)
+        calibration, amg = amg_calibration(ws, ref)
         metrics.update({f"gold_amg/{k}": float(v) for k, v in amg.items()})
+        metrics["calibration"] = calibration
+        for name, c in calibration.items():
+            metrics[f"calibration/{name}_heldout_precision"] = float(c["heldout_precision"])
+            metrics[f"calibration/{name}_heldout_masks_per_image"] = float(c["heldout_masks_per_image"])
     metrics["by_region"] = summary.get("by_region") or {}
     metrics["per_object"] = per_object_table(per_object)
     return metrics
 
 
 def amg_params(ws: Workspace):
+    """The configured automatic-mask settings (thresholds as configured; :func:`calibrated_amg_params` has a
+    version's own)."""
     from ..amg.params import AmgParams
 
     s = ws.cfg.stages
@@ -357,11 +365,27 @@ def amg_params(ws: Workspace):
         points_per_batch=s.amg_points_per_batch,
         pred_iou_thresh=s.amg_pred_iou_thresh,
         stability_score_thresh=s.amg_stability_score_thresh,
+        snap_scale=SNAP_SCALE if ws.cfg.model.snap else None,
     )
 
 
-def amg_recall(ws: Workspace, ref: ModelRef) -> dict[str, float]:
-    """Automatic masks of ``ref`` on a seeded slice of the gold set, scored against its ground truth."""
+SNAP_SCALE = 100.0  # the over-segmentation scale of sam_engine.snap.SnapParams
+
+
+def calibration_targets(ws: Workspace) -> dict[str, float]:
+    """Named target precisions every version's thresholds are calibrated for (stage 3, stage-2 routing)."""
+    s = ws.cfg.stages
+    return {
+        "stage3": s.amg_target_precision,
+        "stage2_accept": s.stage2_accept_precision,
+        "stage2_review": s.stage2_review_precision,
+    }
+
+
+def amg_calibration(ws: Workspace, ref: ModelRef) -> tuple[dict[str, Any], dict[str, float]]:
+    """Calibrate ``ref``'s automatic-mask thresholds on a seeded slice of the gold set (half to choose, half
+    to measure); returns (calibrations by target name, recall metrics of the held-out stage-3 run)."""
+    from ..amg.calibration import Thresholds, calibrate
     from ..amg.generator import AutomaticMaskGenerator
     from ..evaluation.amg_metrics import evaluate_amg
 
@@ -369,13 +393,41 @@ def amg_recall(ws: Workspace, ref: ModelRef) -> dict[str, float]:
     rng = np.random.default_rng(ws.cfg.seed + 17)
     n = min(ws.cfg.eval.gold_amg_images, len(gold.images))
     pick = sorted(rng.choice(len(gold.images), size=n, replace=False))
-    gen = AutomaticMaskGenerator(ws.load_model(ref), amg_params(ws))
-    pred, gt = {}, {}
-    for i in pick:
-        im = gold.images[i]
-        pred[im.image_id] = gen.generate(ws.load(im.image_id))
-        gt[im.image_id] = gold.masks_for(im.image_id)
-    return evaluate_amg(pred, gt)
+    model = ws.load_model(ref)
+    images = [(ws.load(gold.images[i].image_id), gold.masks_for(gold.images[i].image_id)) for i in pick]
+    pred: dict[int, list[dict]] = {}
+    gt: dict[int, list[dict]] = {}
+
+    def held_out(name: str, records: list[dict], truth: list[dict]) -> None:
+        if name == "stage3":
+            k = len(pred)
+            pred[k], gt[k] = records, list(truth)
+
+    params = amg_params(ws)
+    relaxed = Thresholds(min(0.3, params.pred_iou_thresh), min(0.5, params.stability_score_thresh))
+    cals = calibrate(
+        lambda p: AutomaticMaskGenerator(model, p).generate,
+        images,
+        params,
+        calibration_targets(ws),
+        relaxed=relaxed,
+        seed=ws.cfg.seed,
+        held_out=held_out,
+    )
+    return {k: c.as_dict() for k, c in cals.items()}, evaluate_amg(pred, gt) if gt else {}
+
+
+def calibrated_amg_params(ws: Workspace, ref: ModelRef, target: str = "stage3"):
+    """``ref``'s automatic-mask settings with the thresholds calibrated for ``target`` on gold (its stored
+    evaluation), or the configured thresholds when it has none."""
+    from ..amg.calibration import Thresholds
+
+    ev = stored_evaluation(ws, ref)
+    cal = (ev or {}).get("calibration", {}).get(target)
+    params = amg_params(ws)
+    if not cal:
+        return params
+    return Thresholds(**cal["thresholds"]).apply(params)
 
 
 def checkpoint_path(ref: ModelRef) -> Path:

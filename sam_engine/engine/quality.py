@@ -64,10 +64,11 @@ def quality_by_stage(
                 "masks": n_masks,
                 "masks_per_image": n_masks / max(1, n_img),
                 "human_masks": 0,
-                "clicks_per_mask": 0.0,
-                "seconds_per_mask": 0.0,
-                "manual_fix_share": 0.0,
-                "auto_accept_share": 1.0,
+                # no people in stage 3: no clicks, seconds or fixes to report, and a share of nothing is none
+                "clicks_per_mask": float("nan"),
+                "seconds_per_mask": float("nan"),
+                "manual_fix_share": float("nan"),
+                "auto_accept_share": 1.0 if n_masks else float("nan"),
             }
         )
     return pd.DataFrame(rows, columns=STAGE_COLUMNS)
@@ -79,7 +80,8 @@ def region_coverage(
     shards: list[dict] | None = None,
     shard_image_ids: list[int] | None = None,
 ) -> pd.DataFrame:
-    """Per region: pool images, images with at least one accepted mask (any stage), and the covered share."""
+    """Per region: pool images, images with at least one accepted mask (any stage; ``shard_image_ids`` are
+    the stage-3 images that carry a kept mask), and the covered share."""
     masks = store.masks(status="accepted")
     covered = set(masks["image_id"].astype(int)) if len(masks) else set()
     covered |= set(shard_image_ids or [])
@@ -143,3 +145,70 @@ def drift(
     out["drifted"] = bool(reasons)
     out["reasons"] = reasons
     return out
+
+
+STAGE3_AUDIT_COLUMNS = [
+    "shard",
+    "images",
+    "masks",
+    "masks_per_image",
+    "share_iou>0.9",
+    "qa_reviewed",
+    "qa_share_good",
+    "qa_ci_low",
+    "qa_ci_high",
+]
+
+
+def stage3_audit(
+    shards: list[dict], masks_by_image: dict[int, list[dict]], ground_truth: dict[int, list[dict]]
+) -> pd.DataFrame:
+    """Every stage-3 mask against the pool's hidden ground truth, per shard and overall (last row ``all``):
+    masks per image and the share of masks at IoU > 0.9 with some ground-truth mask (whole, part or
+    subpart), beside the shard's QA sample estimate and its interval (the overall row pools the samples)."""
+    from ..data import rle as rle_utils
+
+    rows = []
+    total = {"images": 0, "masks": 0, "good": 0, "qa_reviewed": 0, "qa_good": 0}
+    for shard in shards:
+        ids = [int(i) for i in shard.get("image_ids", [])]
+        good = n = 0
+        for image_id in ids:
+            masks = masks_by_image.get(image_id, [])
+            gt = ground_truth.get(image_id, [])
+            if not masks:
+                continue
+            n += len(masks)
+            if gt:
+                iou = np.asarray(
+                    rle_utils.iou_matrix([m["segmentation"] for m in masks], [g["segmentation"] for g in gt])
+                )
+                good += int((iou.max(axis=1) > 0.9).sum())
+        qa = shard.get("qa", {})
+        reviewed, qa_good = int(qa.get("reviewed", 0)), int(qa.get("good", 0))
+        rows.append(_audit_row(Path(shard.get("path", "")).name, len(ids), n, good, reviewed, qa_good))
+        for k, v in zip(total, (len(ids), n, good, reviewed, qa_good), strict=True):
+            total[k] += v
+    rows.append(
+        _audit_row(
+            "all", total["images"], total["masks"], total["good"], total["qa_reviewed"], total["qa_good"]
+        )
+    )
+    return pd.DataFrame(rows, columns=STAGE3_AUDIT_COLUMNS)
+
+
+def _audit_row(name: str, images: int, masks: int, good: int, reviewed: int, qa_good: int) -> dict:
+    from ..qa import wilson_interval
+
+    low, high = wilson_interval(qa_good, reviewed) if reviewed else (float("nan"), float("nan"))
+    return {
+        "shard": name,
+        "images": images,
+        "masks": masks,
+        "masks_per_image": masks / max(1, images),
+        "share_iou>0.9": good / masks if masks else float("nan"),
+        "qa_reviewed": reviewed,
+        "qa_share_good": qa_good / reviewed if reviewed else float("nan"),
+        "qa_ci_low": low,
+        "qa_ci_high": high,
+    }

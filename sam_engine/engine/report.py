@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from ..io import atomic_write_text
-from . import quality
+from . import checks, quality
 from .workspace import Workspace
 
 STAGE_SCHEMA = pa.DataFrameSchema(
@@ -27,7 +29,7 @@ STAGE_SCHEMA = pa.DataFrameSchema(
         "clicks_per_mask": pa.Column(float, pa.Check.ge(0), nullable=True),
         "seconds_per_mask": pa.Column(float, pa.Check.ge(0), nullable=True),
         "manual_fix_share": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
-        "auto_accept_share": pa.Column(float, pa.Check.in_range(0, 1)),
+        "auto_accept_share": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
     },
     coerce=True,
 )
@@ -154,7 +156,7 @@ def shard_drift(ws: Workspace, shards: list[dict], paths: list[Path]) -> dict[st
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3f}"
+        return "-" if math.isnan(v) else f"{v:.3f}"  # "-": nothing to measure (no mask, no person)
     return str(v)
 
 
@@ -192,6 +194,62 @@ def carried_forward_notes(ws: Workspace, models: list[str]) -> list[str]:
     return notes
 
 
+def stage_overlay(ws: Workspace, masks_by_image: dict[int, list[dict]], title: str, n: int = 6) -> str:
+    """A Markdown picture of the first ``n`` images (by id) of ``masks_by_image`` with their masks drawn."""
+    from ..data import rle as rle_utils
+    from ..visualize import grid, markdown_image, overlay
+
+    ids = sorted(i for i, anns in masks_by_image.items() if anns)[:n]
+    if not ids:
+        return f"_{title}: no masks_"
+    tiles = []
+    for image_id in ids:
+        masks = [rle_utils.decode(a["segmentation"]) for a in masks_by_image[image_id]]
+        tiles.append(overlay(ws.load(image_id), masks))
+    return markdown_image(grid(tiles), title)
+
+
+def store_masks_by_source(ws: Workspace) -> dict[str, dict[int, list[dict]]]:
+    """Accepted stage-1/2 masks of the pool: by people (``human``: annotators, consensus, review fixes) and
+    auto-accepted from the model in stage 2 (``auto``)."""
+    gold_ids = {im.image_id for im in ws.gold.images}
+    out: dict[str, dict[int, list[dict]]] = {"human": {}, "auto": {}}
+    with ws.open_store(read_only=True) as store:
+        masks = store.masks(status="accepted")
+    if not len(masks):
+        return out
+    masks = masks[~masks["image_id"].isin(gold_ids)]
+    for row in masks.itertuples(index=False):
+        kind = "auto" if row.source == "model" else "human"
+        out[kind].setdefault(int(row.image_id), []).append({"segmentation": row.rle})
+    return out
+
+
+def engine_verdicts(
+    ws: Workspace,
+    stages: pd.DataFrame,
+    coverage: pd.DataFrame,
+    annotators: pd.DataFrame,
+    evals: dict[str, dict],
+    shards: list[dict],
+    audit: pd.DataFrame | None,
+    drift: dict | None,
+) -> list[checks.Verdict]:
+    """Every check the engine's assets run, recomputed from their outputs by the same functions."""
+    s = ws.cfg.stages
+    out = [checks.schema("quality_schema", "quality_by_stage", *validate_stage_table(stages))]
+    names = list(evals)
+    for k, (prev, cur) in enumerate(zip(names, names[1:], strict=False), start=1):
+        out.append(checks.no_regression(k, evals[prev], evals[cur], ws.cfg.eval))
+    out += [checks.shard_qa_floor(sh, s.qa_min_good_share) for sh in shards]
+    if audit is not None:
+        out += [checks.stage3_precision(audit, s.stage3_min_precision), checks.qa_agrees(audit)]
+    out.append(checks.coverage_floor(coverage, s.coverage_floor))
+    if drift is not None:
+        out.append(checks.no_drift(drift))
+    return out
+
+
 def build_report(
     ws: Workspace,
     stages: pd.DataFrame,
@@ -199,26 +257,45 @@ def build_report(
     annotators: pd.DataFrame,
     evals: dict[str, dict],
     shards: list[dict],
+    audit: pd.DataFrame | None = None,
+    drift: dict | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report; writes ``reports/engine_report.html`` (and .md) under the data folder."""
+    """Assemble the report; writes ``reports/engine_report.{txt,html,json}`` under the data folder.
+
+    Failed checks come first, in every form; a stage that produced nothing says so instead of printing
+    figures for it; the JSON has every figure by model and by stage for tools to read.
+    """
     models = models_table(evals)
     changes = paired_changes(evals, ws.cfg.eval)
+    verdicts = engine_verdicts(ws, stages, coverage, annotators, evals, shards, audit, drift)
+    failed = checks.failed(verdicts)
     gold_true = sum(
         1 for anns in ws.gold.annotations.values() for a in anns if a.get("level", "whole") == "whole"
     )
     gold_per_image = gold_true / max(1, len(ws.gold.images))
     stage3 = stages[stages["stage"] == 3]
+    s3_masks = int(stage3["masks"].iloc[0]) if len(stage3) else 0
     s3_per_image = float(stage3["masks_per_image"].iloc[0]) if len(stage3) else 0.0
-    qa = [s["qa"]["share_good"] for s in shards]
+    qa = [sh["qa"]["share_good"] for sh in shards if sh.get("qa", {}).get("reviewed")]
     summary = {
         "profile": ws.cfg.profile,
+        "stage3_masks": s3_masks,
         "stage3_masks_per_image": s3_per_image,
         "gold_whole_objects_per_image": gold_per_image,
         "stage3_qa_good_share": float(np.mean(qa)) if qa else float("nan"),
+        "failed_checks": [f"{v.check}: {v.detail}" for v in failed],
         "models": {
             r["model"]: {k: r[k] for k in models.columns if k != "model"} for r in models.to_dict("records")
         },
     }
+    if s3_masks:
+        stage3_line = (
+            f"stage-3 masks per image {s3_per_image:.1f} vs gold whole objects per image {gold_per_image:.1f} "
+            f"(ratio {s3_per_image / max(gold_per_image, 1e-9):.2f}); QA good share "
+            f"{summary['stage3_qa_good_share']:.3f}"
+        )
+    else:
+        stage3_line = "stage 3 kept no mask: its shards are empty"
     ann_cols = [
         c
         for c in ("annotator_id", "masks", "clicks_per_mask", "seconds_per_mask", "gold_iou", "agreement")
@@ -228,15 +305,28 @@ def build_report(
     carried = carried_forward_notes(ws, list(models["model"])) if len(models) else []
     predictor_desc = (
         f"with zoom-in, {ws.cfg.model.zoom_expansion:g}x" if ws.cfg.model.zoom_in else "in a single pass"
+    ) + (", masks snapped to image regions" if ws.cfg.model.snap else "")
+    check_lines = (
+        [f"FAILED {v.check} ({v.asset}): {v.detail}" for v in failed]
+        if failed
+        else [f"all {len(verdicts)} checks passed"]
     )
+    audit_df = audit if audit is not None else pd.DataFrame()
+    by_source = store_masks_by_source(ws)
+    stage3_masks = _shard_masks(ws, shards)
     text = "\n".join(
         [
             f"== sam-engine report ({ws.cfg.profile} profile, data in {ws.cfg.data_dir}) ==",
             "",
+            "Checks",
+            *check_lines,
+            "",
             "Stages",
             _text_table(stages),
-            f"stage-3 masks per image {s3_per_image:.1f} vs gold whole objects per image {gold_per_image:.1f} "
-            f"(ratio {s3_per_image / max(gold_per_image, 1e-9):.2f}); QA good share {summary['stage3_qa_good_share']:.3f}",
+            stage3_line,
+            "",
+            "Stage-3 masks against the hidden ground truth (all images), beside the QA samples",
+            _text_table(audit_df) if len(audit_df) else "(no stage-3 audit)",
             "",
             f"Models on the gold set (held out; clicks answered {predictor_desc})",
             _text_table(models),
@@ -244,23 +334,37 @@ def build_report(
             "Paired changes on the same gold objects (mean, standard error; the no-regression gate)",
             _text_table(changes) if len(changes) else "(no per-object results)",
             "",
-            "Region coverage",
+            "Region coverage (images with a kept mask)",
             _text_table(coverage),
             "",
             "Annotators",
             _text_table(ann) if len(ann) else "(none)",
         ]
     )
+    check_md = (
+        "\n".join(f"- **FAILED** `{v.check}` ({v.asset}): {v.detail}" for v in failed)
+        if failed
+        else f"All {len(verdicts)} checks passed."
+    )
     markdown = "\n\n".join(
         [
+            "### Checks",
+            check_md,
             "### Stages",
             _md_table(stages),
+            stage3_line,
+            "### Stage-3 masks against the hidden ground truth",
+            _md_table(audit_df) if len(audit_df) else "_no stage-3 audit_",
             f"### Models on the gold set (clicks answered {predictor_desc})",
             _md_table(models),
             *[f"_{n}_" for n in carried],
             "Paired changes on the same gold objects (mean, standard error; the no-regression gate):",
             _md_table(changes) if len(changes) else "_no per-object results_",
             models_chart(models),
+            "### Masks by stage",
+            stage_overlay(ws, by_source["human"], "stages 1-2: by people"),
+            stage_overlay(ws, by_source["auto"], "stage 2: auto-accepted from the model"),
+            stage_overlay(ws, stage3_masks, "stage 3: automatic"),
             "### Region coverage",
             _md_table(coverage),
             coverage_chart(coverage),
@@ -272,17 +376,79 @@ def build_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>sam-engine report</title><style>"
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style></head><body>"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}.failed{color:#b00020}</style></head><body>"
         f"<h1>sam-engine report</h1><p>profile {html.escape(ws.cfg.profile)}</p>{body}</body></html>"
     )
     out = ws.cfg.reports_dir / "engine_report.html"
     atomic_write_text(out, page)
     atomic_write_text(ws.cfg.reports_dir / "engine_report.txt", text)
-    return {"text": text, "markdown": markdown, "html_path": str(out), "summary": summary, "models": models}
+    doc = {
+        "profile": ws.cfg.profile,
+        "data_dir": str(ws.cfg.data_dir),
+        "checks": [v.as_dict() for v in verdicts],
+        "failed_checks": [v.as_dict() for v in failed],
+        "summary": summary,
+        "stages": stages.to_dict("records"),
+        "stage3_audit": audit_df.to_dict("records"),
+        "models": {name: _model_figures(ev) for name, ev in evals.items()},
+        "paired_changes": changes.to_dict("records"),
+        "coverage": coverage.to_dict("records"),
+        "annotators": ann.to_dict("records") if len(ann) else [],
+    }
+    json_path = ws.cfg.reports_dir / "engine_report.json"
+    atomic_write_text(json_path, json.dumps(_plain(doc), indent=2, sort_keys=True))
+    return {
+        "text": text,
+        "markdown": markdown,
+        "html_path": str(out),
+        "json_path": str(json_path),
+        "summary": summary,
+        "models": models,
+        "failed": failed,
+    }
+
+
+def _shard_masks(ws: Workspace, shards: list[dict]) -> dict[int, list[dict]]:
+    if not shards or not sum(sh.get("masks", 0) for sh in shards):
+        return {}
+    from ..data.sa1b import read_shards
+
+    return read_shards(ws.shard_paths(), cache_dir=ws.cfg.data_dir / "shard_cache").annotations
+
+
+def _model_figures(ev: dict) -> dict[str, Any]:
+    """One model's evaluation for the JSON report: every scalar, the region table and the calibration."""
+    out = {k: v for k, v in ev.items() if isinstance(v, int | float)}
+    for key in ("by_region", "calibration"):
+        if key in ev:
+            out[key] = ev[key]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe values: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _inline(text: str) -> str:
+    """Escape, then render **bold**, `code` and _italics_."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+    return re.sub(r"(?<![\w/])_(.+?)_(?![\w/])", r"<em>\1</em>", out)
 
 
 def markdown_to_html(md: str) -> str:
-    """Just enough Markdown for the report: headings, pipe tables and inline base64 images."""
+    """Just enough Markdown for the report: headings, pipe tables, bullet lists (a failed check in red),
+    inline base64 images, bold, code and italics."""
     out = []
     for block in md.split("\n\n"):
         b = block.strip()
@@ -297,6 +463,12 @@ def markdown_to_html(md: str) -> str:
             head = "".join(f"<th>{c}</th>" for c in cells[0])
             body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
             out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif b.startswith("- "):
+            items = []
+            for line in b.splitlines():
+                cls = " class='failed'" if "**FAILED**" in line else ""
+                items.append(f"<li{cls}>{_inline(line[2:])}</li>")
+            out.append("<ul>" + "".join(items) + "</ul>")
         else:
-            out.append(f"<p>{html.escape(b)}</p>")
+            out.append(f"<p>{_inline(b)}</p>")
     return "\n".join(out)

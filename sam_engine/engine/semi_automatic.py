@@ -13,7 +13,7 @@ from ..data.corpus import ImageRecord
 from ..model_store import ModelRef
 from ..stage2 import RoutingConfig, SamplerWeights, commit_proposals, sample_images
 from .human_stage import register_images
-from .models import amg_params
+from .models import amg_params, stored_evaluation
 from .workspace import Workspace
 
 
@@ -32,8 +32,7 @@ def propose(
     from ..amg.generator import AutomaticMaskGenerator
 
     register_images(store, images, "stage2", "pool")
-    s = ws.cfg.stages
-    routing = RoutingConfig(accept_iou=s.stage2_accept_iou, review_iou=s.stage2_review_iou)
+    routing, params = stage2_routing(ws, model)
     done = store.query("SELECT DISTINCT image_id FROM masks WHERE stage = 2 AND source = 'model'")
     done_ids = set(done["image_id"].astype(int)) if len(done) else set()
     prior = _proposal_log(ws)
@@ -43,7 +42,7 @@ def propose(
         if rec.image_id in done_ids and rec.image_id in prior:
             rows.append(prior[rec.image_id])
             continue
-        gen = gen or AutomaticMaskGenerator(ws.load_model(model), amg_params(ws))
+        gen = gen or AutomaticMaskGenerator(ws.load_model(model), params)
         proposals = gen.generate(ws.load(rec.image_id))
         report = commit_proposals(
             store,
@@ -76,6 +75,34 @@ def propose(
             f"{int(df['accepted'].sum())} accepted, {int(df['review'].sum())} to review"
         )
     return df
+
+
+def stage2_routing(ws: Workspace, model: ModelRef) -> tuple[RoutingConfig, Any]:
+    """Routing thresholds and generator settings for ``model``'s proposals: its thresholds calibrated on gold
+    for the auto-accept and review precisions, the generator keeping everything down to the review band (the
+    configured ``stage2_accept_iou`` / ``stage2_review_iou`` and generator settings when it has no
+    calibration)."""
+    from ..amg.calibration import Thresholds
+
+    s = ws.cfg.stages
+    ev = stored_evaluation(ws, model) or {}
+    cal = ev.get("calibration") or {}
+    accept = cal.get("stage2_accept", {}).get("thresholds")
+    review = cal.get("stage2_review", {}).get("thresholds")
+    if not accept or not review:
+        routing = RoutingConfig(accept_iou=s.stage2_accept_iou, review_iou=s.stage2_review_iou)
+        return routing, amg_params(ws)
+    accept_t, review_t = Thresholds(**accept), Thresholds(**review)
+    review_t = Thresholds(
+        min(review_t.pred_iou, accept_t.pred_iou), min(review_t.stability, accept_t.stability)
+    )
+    routing = RoutingConfig(
+        accept_iou=accept_t.pred_iou,
+        review_iou=review_t.pred_iou,
+        accept_stability=accept_t.stability,
+        review_stability=review_t.stability,
+    )
+    return routing, review_t.apply(amg_params(ws))
 
 
 def _log_path(ws: Workspace):

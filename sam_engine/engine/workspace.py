@@ -196,4 +196,6 @@ class Workspace:
         from ..zoom import interactive_predictor
 
         m = self.cfg.model
-        return interactive_predictor(self.load_model(ref), zoom=m.zoom_in, expansion=m.zoom_expansion)
+        return interactive_predictor(
+            self.load_model(ref), zoom=m.zoom_in, expansion=m.zoom_expansion, snap=m.snap
+        )

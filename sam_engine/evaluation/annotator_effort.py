@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--annotator", choices=sorted(PROFILES), default="reference")
     parser.add_argument("--min-area", type=int, default=16)
     parser.add_argument("--no-zoom", action="store_true", help="plain SamPredictor (no zoom-in refinement)")
+    parser.add_argument("--no-snap", action="store_true", help="no region snapping (sam_engine/snap.py)")
     parser.add_argument("--profile", default=None, help="engine config profile (default $SAM_ENGINE_PROFILE)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -228,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.to(device).eval()
         with torch.inference_mode():
             results[name] = measure_effort(
-                interactive_predictor(model, cache=EmbeddingCache(16), zoom=not args.no_zoom),
+                interactive_predictor(
+                    model, cache=EmbeddingCache(16), zoom=not args.no_zoom, snap=not args.no_snap
+                ),
                 gold,
                 profile,
                 max_objects=args.objects,

@@ -189,7 +189,11 @@ def run_benchmark(
 
 
 def load_predictor(
-    checkpoint: str | Path | None, model: str = "tiny", device: str = "cpu", zoom: bool = True
+    checkpoint: str | Path | None,
+    model: str = "tiny",
+    device: str = "cpu",
+    zoom: bool = True,
+    snap: bool = True,
 ) -> Any:
     """The interactive predictor (``sam_engine.zoom``; ``zoom`` off: SAM's single pass) over a checkpoint (own
     format or official SAM), or an untrained ``model``."""
@@ -203,7 +207,7 @@ def load_predictor(
 
         sam = load_model(checkpoint)
     sam.eval().to(device)
-    return interactive_predictor(sam, zoom=zoom)
+    return interactive_predictor(sam, zoom=zoom, snap=snap)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,10 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--no-zoom", action="store_true", help="SAM's single pass on the whole image (no zoom-in)"
     )
+    ap.add_argument("--no-snap", action="store_true", help="no region snapping (sam_engine/snap.py)")
     args = ap.parse_args(argv)
     protocol = ClickProtocol(max_clicks=args.max_clicks, multimask=args.multimask)
     try:
-        predictor = load_predictor(args.checkpoint, args.model, args.device, zoom=not args.no_zoom)
+        predictor = load_predictor(
+            args.checkpoint, args.model, args.device, zoom=not args.no_zoom, snap=not args.no_snap
+        )
         summary = run_benchmark(
             predictor,
             args.images,

@@ -83,13 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=0, help="seeded subsample (0: all)")
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--no-zoom", action="store_true")
+    parser.add_argument("--no-snap", action="store_true")
     parser.add_argument("--no-grabcut", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     objects = coco_objects(args.coco, args.split, args.objects or None)
     protocol = ClickProtocol(max_clicks=args.clicks, stop_early=False)
     model = load_model(args.checkpoint).eval()
-    predictors = {"model": interactive_predictor(model, cache=EmbeddingCache(4), zoom=not args.no_zoom)}
+    predictors = {
+        "model": interactive_predictor(
+            model, cache=EmbeddingCache(4), zoom=not args.no_zoom, snap=not args.no_snap
+        )
+    }
     if not args.no_grabcut:
         predictors["grabcut"] = GrabCutPredictor()
     results = {name: run_protocol(p, objects, protocol) for name, p in predictors.items()}

@@ -1,0 +1,86 @@
+"""Calibrated automatic-mask thresholds: chosen on one half of gold, measured on the other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sam_engine.amg.calibration import Thresholds, calibrate, choose_thresholds, precision_at, split_halves
+from sam_engine.amg.params import AmgParams
+from sam_engine.data import rle as rle_utils
+
+
+def _scored(n: int, seed: int) -> pd.DataFrame:
+    """Candidates whose chance of being right rises with predicted IoU and stability."""
+    rng = np.random.default_rng(seed)
+    piou = rng.uniform(0, 1, n)
+    stab = rng.uniform(0.4, 1, n)
+    right = rng.uniform(0, 1, n) < np.clip(1.4 * piou * stab - 0.1, 0, 1)
+    best = np.where(right, rng.uniform(0.9, 1.0, n), rng.uniform(0.0, 0.9, n))
+    return pd.DataFrame(
+        {"image": rng.integers(0, 20, n), "predicted_iou": piou, "stability": stab, "best_iou": best}
+    )
+
+
+def test_chosen_thresholds_reach_the_target_on_held_out_candidates():
+    calib, held = _scored(4000, 0), _scored(4000, 1)
+    for target in (0.7, 0.85, 0.95):
+        thr, prec, kept = choose_thresholds(calib, target)
+        assert prec >= target and kept >= 5
+        assert precision_at(calib, thr) == (prec, kept)
+        held_prec, held_kept = precision_at(held, thr)
+        assert held_prec >= target - 0.05 and held_kept > 0  # it carries over to unseen candidates
+    # a stricter target keeps fewer masks
+    assert choose_thresholds(calib, 0.95)[2] < choose_thresholds(calib, 0.7)[2]
+
+
+def test_the_most_correct_masks_are_kept_at_the_target():
+    df = pd.DataFrame(
+        {
+            "image": 0,
+            "predicted_iou": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+            "stability": [0.95] * 6,
+            "best_iou": [0.95, 0.95, 0.5, 0.95, 0.95, 0.1],
+        }
+    )
+    thr, prec, kept = choose_thresholds(df, 0.8, min_kept=1, stability_grid=(0.9,))
+    assert (kept, prec) == (5, 0.8) and thr == Thresholds(0.4, 0.9)
+    # unreachable target: the strictest thresholds, and the precision they really have
+    thr, prec, kept = choose_thresholds(df.assign(best_iou=0.1), 0.8, min_kept=1, stability_grid=(0.9,))
+    assert kept == 1 and prec == 0.0
+
+
+def test_calibrate_measures_the_held_out_half_with_a_real_generator_run():
+    # images are indices; each "image" has one GT square, and the fake generator returns it (right) and a
+    # shifted copy (wrong) with scores that separate them
+    sq = np.zeros((20, 20), dtype=bool)
+    sq[5:15, 5:15] = True
+    gt = [{"segmentation": rle_utils.encode(sq)}]
+    wrong = np.roll(sq, 6, axis=1)
+    calls = []
+
+    def generator_for(params: AmgParams):
+        calls.append((params.pred_iou_thresh, params.stability_score_thresh))
+
+        def generate(image):
+            recs = [
+                {"segmentation": rle_utils.encode(sq), "predicted_iou": 0.9, "stability_score": 0.97},
+                {"segmentation": rle_utils.encode(wrong), "predicted_iou": 0.6, "stability_score": 0.97},
+            ]
+            return [r for r in recs if r["predicted_iou"] > params.pred_iou_thresh]
+
+        return generate
+
+    images = [(i, gt) for i in range(10)]
+    seen = []
+    cals = calibrate(generator_for, images, AmgParams(), {"strict": 0.9}, held_out=lambda *a: seen.append(a))
+    cal = cals["strict"]
+    assert len(seen) == 5 and seen[0][0] == "strict" and len(seen[0][1]) == 1
+    assert cal.calibration_images == cal.heldout_images == 5
+    assert cal.calibration_precision == 1.0 and cal.heldout_precision == 1.0
+    assert cal.heldout_masks_per_image == 1.0 and 0.6 <= cal.thresholds.pred_iou < 0.9
+    assert calls[0] == (0.3, 0.5) and calls[1] == (cal.thresholds.pred_iou, cal.thresholds.stability)
+    a, b = split_halves(10, 0)
+    assert (
+        sorted(a + b) == list(range(10)) and split_halves(10, 0) == (a, b) and split_halves(10, 1) != (a, b)
+    )
