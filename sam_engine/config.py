@@ -74,10 +74,11 @@ class TrainSection(_Section):
     mask_only_rounds: int = 1
     center_prob: float = 0.5
     zoom_prob: float = 0.5
+    iou_loss_weight: float = 5.0  # the IoU head's MSE against 20 x focal + dice (SAM: 1; it needs more here)
     # v0 starts from the released public-data checkpoint (released/, made by `make pretrain`) when its
     # recipe matches this configuration; False (PRETRAIN=1 make run) trains v0 here from scratch instead.
     use_release: bool = True
-    pretrain_steps: int = 2500  # the release's recipe: steps on the public corpus ...
+    pretrain_steps: int = 2000  # the release's recipe: steps on the public corpus ...
     pretrain_extra_images: int = 18000  # ... plus this many more public images from the same generator
     num_workers: int = 0
     # Predictors, AMG and training: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N.

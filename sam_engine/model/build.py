@@ -34,6 +34,9 @@ class SamConfig:
     conv_depths: tuple[int, int, int, int] = (1, 1, 2, 2)  # conv only: residual blocks per stage
     mask_scale: int = 4  # low-res masks = mask_scale x the embedding grid; 8 needs detail features
     click_refiner: bool = False  # the decoder refines its stride-4 features with prompt maps
+    iou_from_mask_tokens: bool = (
+        False  # IoU head reads each output's mask token too (mask_decoder.TokenIoUHead)
+    )
     encoder_embed_dim: int = 768
     encoder_depth: int = 12
     encoder_num_heads: int = 12
@@ -146,6 +149,7 @@ _CONV = dataclasses.replace(
     encoder_global_attn_indexes=(0,),
     mask_scale=8,
     click_refiner=True,
+    iou_from_mask_tokens=True,
 )
 
 MODEL_CONFIGS: dict[str, SamConfig] = {
@@ -232,6 +236,7 @@ def _build(cfg: SamConfig) -> Sam:
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         mask_scale=cfg.mask_scale,
         click_refiner=cfg.click_refiner,
+        iou_from_mask_tokens=cfg.iou_from_mask_tokens,
     )
     model = Sam(encoder, prompt_encoder, decoder, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std)
     model.config = cfg  # type: ignore[assignment]

@@ -83,6 +83,29 @@ class ClickRefiner(nn.Module):
         return x + self.conv3(self.act(self.conv2(y)))
 
 
+class TokenIoUHead(nn.Module):
+    """The IoU of each output from the IoU token *and that output's mask token*.
+
+    SAM's head reads the IoU token alone. Trained for the few thousand steps a CPU allows, that token's output
+    barely varies between prompts (its learned embedding dominates), so the head predicts one number for every
+    mask. The mask tokens do vary (they make the masks), so each output's IoU is read from the pair
+    (IoU token, its mask token) by one shared MLP (GELU: no dead units).
+    """
+
+    def __init__(self, dim: int, hidden: int, num_mask_tokens: int) -> None:
+        super().__init__()
+        self.num_mask_tokens = num_mask_tokens
+        self.net = nn.Sequential(
+            nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) decoder output tokens (IoU token first, then the mask tokens) to (B, num_mask_tokens)."""
+        k = self.num_mask_tokens
+        pair = torch.cat([tokens[:, :1].expand(-1, k, -1), tokens[:, 1 : 1 + k]], dim=-1)
+        return self.net(pair).squeeze(-1)
+
+
 class MaskDecoder(nn.Module):
     """Predicts masks and their IoU from an image embedding and prompt embeddings.
 
@@ -100,6 +123,7 @@ class MaskDecoder(nn.Module):
         iou_head_hidden_dim: int = 256,
         mask_scale: int = 4,
         click_refiner: bool = False,
+        iou_from_mask_tokens: bool = False,
     ) -> None:
         super().__init__()
         if mask_scale not in (4, 8):
@@ -131,9 +155,15 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
             for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(
-            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
-        )
+        self.iou_prediction_head: nn.Module
+        if iou_from_mask_tokens:
+            self.iou_prediction_head = TokenIoUHead(
+                transformer_dim, iou_head_hidden_dim, self.num_mask_tokens
+            )
+        else:  # SAM's: the IoU token alone
+            self.iou_prediction_head = MLP(
+                transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+            )
 
     def forward(
         self,
@@ -174,7 +204,7 @@ class MaskDecoder(nn.Module):
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prompt_maps
         )
         masks = self._mask_logits(hs, src, high_res, prompt_maps, clicks)
-        return masks, self.iou_prediction_head(hs[:, 0, :])
+        return masks, self._iou(hs)
 
     def predict_masks_where(
         self,
@@ -194,7 +224,7 @@ class MaskDecoder(nn.Module):
         hs, src, high_res, clicks = self._attend(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, prompt_maps
         )
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])
+        iou_pred = self._iou(hs)
         rows = torch.nonzero(keep(iou_pred)).flatten()
         high_res = [d if d.shape[0] == 1 else d[rows] for d in high_res]
         if prompt_maps is not None:
@@ -203,6 +233,12 @@ class MaskDecoder(nn.Module):
             keys, clicked = clicks
             clicks = (keys if keys.shape[0] == 1 else keys[rows], None if clicked is None else clicked[rows])
         return rows, self._mask_logits(hs[rows], src[rows], high_res, prompt_maps, clicks), iou_pred
+
+    def _iou(self, hs: torch.Tensor) -> torch.Tensor:
+        """IoU predictions (B, num_mask_tokens) from the decoder's output tokens."""
+        if isinstance(self.iou_prediction_head, TokenIoUHead):
+            return self.iou_prediction_head(hs)
+        return self.iou_prediction_head(hs[:, 0, :])
 
     def _attend(
         self,

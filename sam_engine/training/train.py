@@ -64,6 +64,7 @@ def recipe_from_config(t: Any) -> dict[str, Any]:
         "prompts_per_mask": t.prompts_per_mask,
         "zoom_prob": t.zoom_prob,
         "schedule": asdict(schedule),
+        "loss_weights": {"iou": t.iou_loss_weight},
     }
 
 
