@@ -109,7 +109,8 @@ class StagesSection(_Section):
     stage2_review_iou: float = 0.75
     stage2_complete_images: int = 50  # stage-2 images chosen by the diversity sampler for human completion
     amg_points_per_side: int = 16
-    amg_points_per_batch: int = 128
+    amg_points_per_batch: int = 256
+    amg_top_points_fraction: float = 0.35  # masks decoded only for the most promising points (AmgParams)
     amg_pred_iou_thresh: float = 0.88  # used only where a model version has no gold calibration
     amg_stability_score_thresh: float = 0.92
     # Each model version's automatic-mask thresholds are calibrated on gold (sam_engine/amg/calibration.py)
@@ -223,6 +224,7 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "stage2_complete_images": 4,
             "amg_points_per_side": 8,
             "amg_points_per_batch": 64,
+            "amg_top_points_fraction": 1.0,
             "amg_pred_iou_thresh": 0.0,
             "amg_stability_score_thresh": 0.0,
             "qa_masks_per_shard": 8,

@@ -78,13 +78,19 @@ class Routed:
         return {ACCEPT: len(self.accept), REVIEW: len(self.review), DISCARD: len(self.discard)}
 
 
-def route_proposals(proposals: Sequence[Mapping[str, Any]], config: RoutingConfig | None = None) -> Routed:
-    """Split proposals (SA-1B style dicts with ``predicted_iou``) into accept / review / discard."""
+def route_proposals(
+    proposals: Sequence[Mapping[str, Any]],
+    config: RoutingConfig | None = None,
+    score_key: str = "predicted_iou",
+) -> Routed:
+    """Split proposals (SA-1B style dicts with ``predicted_iou``) into accept / review / discard by
+    ``score_key`` (the predicted IoU, or a calibrated ``quality``) and the stability score."""
     out = Routed()
     for i, p in enumerate(proposals):
-        if "predicted_iou" not in p:
-            raise ValueError(f"proposal {i}: missing field 'predicted_iou'")
-        getattr(out, route(p["predicted_iou"], config, p.get("stability_score"))).append(dict(p))
+        for key in {"predicted_iou", score_key}:
+            if key not in p:
+                raise ValueError(f"proposal {i}: missing field {key!r}")
+        getattr(out, route(p[score_key], config, p.get("stability_score"))).append(dict(p))
     return out
 
 
@@ -136,13 +142,14 @@ def commit_proposals(
     keep_discarded: bool = False,
     reviewer_roles: Sequence[str] = ("reviewer",),
     batch: str | None = None,
+    score_key: str = "predicted_iou",
 ) -> RoutingReport:
     """Route one image's proposals and write them to the store (``source='model'``).
 
     Each proposal needs ``segmentation`` (COCO RLE) and ``predicted_iou``; ``stability_score`` is stored
     when present. Empty masks are discarded whatever their score.
     """
-    routed = route_proposals(proposals, config)
+    routed = route_proposals(proposals, config, score_key)
     empty = [p for p in routed.accept + routed.review if rle_utils.area(_rle(p["segmentation"])) == 0]
     if empty:  # an empty mask is no object: discard whatever its score
         routed.accept = [p for p in routed.accept if all(p is not e for e in empty)]

@@ -462,3 +462,62 @@ def test_generator_output_same_with_and_without_iou_first_decoding(tiny_model):
     fast = AutomaticMaskGenerator(model, params).generate(image)
     plain = AutomaticMaskGenerator(DecodeOnly(model), params).generate(image)
     assert fast and fast == plain
+
+
+class PointIoUSam(SquareSam):
+    """SquareSam whose predicted IoU rises with the point's x, with ``decode_where`` like Sam's."""
+
+    def decode(self, emb, point_coords, point_labels, multimask_output=True):
+        low, _ = super().decode(emb, point_coords, point_labels, multimask_output)
+        iou = (point_coords[:, 0, 0:1] / self.img_size).expand(-1, 3).clone()
+        return low, iou
+
+    def decode_where(self, emb, coords, labels, keep, multimask_output=True):
+        low, iou = self.decode(emb, coords, labels)
+        rows = torch.nonzero(keep(iou)).flatten()
+        return rows, low[rows], iou
+
+
+def test_top_points_fraction_decodes_only_the_most_promising_points():
+    model = PointIoUSam(halves=(4, 5, 6))
+    base = {
+        "points_per_side": 4,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.5,
+        "box_nms_thresh": 1.0,
+    }
+    every = AutomaticMaskGenerator(model, AmgParams(**base)).generate(_image(64, 64))
+    half = AutomaticMaskGenerator(model, AmgParams(**base, top_points_fraction=0.5)).generate(_image(64, 64))
+    xs = lambda recs: sorted({r["point_coords"][0][0] for r in recs})  # noqa: E731
+    assert len(xs(every)) == 4 and xs(half) == xs(every)[2:]  # the two right-most grid columns
+
+
+def test_snapping_and_the_quality_filter_refine_the_records():
+    from sam_engine.amg.calibration import QualityModel
+
+    img = np.full((64, 64, 3), 90, dtype=np.uint8)
+    img[16:48, 16:48] = (220, 40, 40)  # one object; SquareSam's 8 px square at its centre is too small
+    model = SquareSam(halves=(8, 14, 30), ious=(0.95, 0.9, 0.89))
+    base = {
+        "points_per_side": 1,
+        "pred_iou_thresh": 0.5,
+        "stability_score_thresh": 0.5,
+        "box_nms_thresh": 1.0,
+        "max_mask_area_ratio": None,
+    }
+    raw = AutomaticMaskGenerator(model, AmgParams(**base)).generate(img)
+    snapped = AutomaticMaskGenerator(model, AmgParams(**base, snap_scale=50.0)).generate(img)
+    obj = np.zeros((64, 64), bool)
+    obj[16:48, 16:48] = True
+    iou = lambda r: (
+        (rle_utils.decode(r["segmentation"]) & obj).sum() / (rle_utils.decode(r["segmentation"]) | obj).sum()
+    )  # noqa: E731
+    assert max(iou(r) for r in snapped) == 1.0 > max(iou(r) for r in raw)
+    assert all(0.0 <= r["region_agreement"] <= 1.0 for r in snapped)
+    # a quality model that dislikes masks as large as the image keeps the object only
+    assert any(r["area"] == 64 * 64 for r in snapped)
+    qm = QualityModel((0.0, 0.0, 0.0, -10.0, 0.0), -5.0, (0.0,) * 5, (1.0,) * 5).as_dict()
+    kept = AutomaticMaskGenerator(
+        model, AmgParams(**base, snap_scale=50.0, quality_model=qm, quality_thresh=0.5)
+    ).generate(img)
+    assert [iou(r) for r in kept] == [1.0] and kept[0]["quality"] >= 0.5

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sam_engine.amg.calibration import Thresholds, calibrate, choose_thresholds, precision_at, split_halves
+from sam_engine.amg.calibration import (
+    QualityModel,
+    Thresholds,
+    calibrate,
+    choose_threshold,
+    choose_thresholds,
+    precision_at,
+    split_halves,
+)
 from sam_engine.amg.params import AmgParams
 from sam_engine.data import rle as rle_utils
 
@@ -64,8 +72,18 @@ def test_calibrate_measures_the_held_out_half_with_a_real_generator_run():
 
         def generate(image):
             recs = [
-                {"segmentation": rle_utils.encode(sq), "predicted_iou": 0.9, "stability_score": 0.97},
-                {"segmentation": rle_utils.encode(wrong), "predicted_iou": 0.6, "stability_score": 0.97},
+                {
+                    "segmentation": rle_utils.encode(sq),
+                    "predicted_iou": 0.9,
+                    "stability_score": 0.97,
+                    "area": 100,
+                },
+                {
+                    "segmentation": rle_utils.encode(wrong),
+                    "predicted_iou": 0.6,
+                    "stability_score": 0.97,
+                    "area": 80,
+                },
             ]
             return [r for r in recs if r["predicted_iou"] > params.pred_iou_thresh]
 
@@ -84,3 +102,40 @@ def test_calibrate_measures_the_held_out_half_with_a_real_generator_run():
     assert (
         sorted(a + b) == list(range(10)) and split_halves(10, 0) == (a, b) and split_halves(10, 1) != (a, b)
     )
+
+
+def test_the_quality_model_learns_which_candidates_are_right_and_its_cut_carries_over():
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        # right candidates agree with the image's regions and are stable; the predicted IoU is noise
+        right = rng.uniform(0, 1, n) < 0.3
+        x = np.column_stack(
+            [
+                rng.uniform(0.2, 0.4, n),
+                np.clip(rng.normal(np.where(right, 0.8, 0.6), 0.1), 0, 1),
+                np.clip(rng.normal(np.where(right, 0.95, 0.7), 0.08), 0, 1),
+                rng.normal(-5, 1, n),
+            ]
+        )
+        x = np.column_stack([x, x[:, 3] ** 2])
+        return x, right
+
+    x, y = draw(3000)
+    model = QualityModel.fit(x, y)
+    assert model.weights[2] > 0 and model.weights[1] > 0  # agreement and stability raise the quality
+    again = QualityModel.from_dict(model.as_dict())
+    np.testing.assert_allclose(again.score(x[:5]), model.score(x[:5]))
+    cut, precision, kept = choose_threshold(model.score(x), y, 0.9)
+    assert precision >= 0.9 and kept > 100
+    x2, y2 = draw(3000)
+    held = model.score(x2) >= cut
+    assert y2[held].mean() >= 0.85  # the cut holds on unseen candidates
+
+
+def test_choose_threshold_keeps_the_most_right_candidates_at_the_target():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    good = np.array([True, True, False, True, True, False])
+    assert choose_threshold(scores, good, 0.8, min_kept=1) == (0.5, 0.8, 5)
+    assert choose_threshold(scores, good, 1.0, min_kept=1) == (0.8, 1.0, 2)
+    assert choose_threshold(scores, ~good & False, 0.8, min_kept=1)[2] == 1  # unreachable: keep the top one

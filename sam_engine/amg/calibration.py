@@ -1,13 +1,20 @@
-"""Automatic-mask thresholds chosen per model version on gold images, to reach a target precision.
+"""Automatic-mask filters chosen per model version on gold images, to reach a target precision.
 
 SAM keeps masks with predicted IoU > 0.88 and stability >= 0.95; those numbers presume SAM's calibration. A
-model trained here has its own, so each version's thresholds are measured instead: the generator runs with
-relaxed filters on a seeded half of the gold images (the *calibration* half), every candidate is scored
-against the gold ground truth (its best IoU with any gold mask: whole, part or subpart), and
-:func:`choose_thresholds` picks the (predicted IoU, stability) pair that keeps the most correct masks (IoU
-above ``match_iou``) while their share among the kept masks stays at or above the target precision. The
-generator then runs with those thresholds on the other half (*held out*), and the precision measured there is
-reported beside the calibration precision, so a threshold that only fits its own half shows.
+model trained here has its own, and a few thousand CPU steps leave its IoU head a weak ranker, so each
+version's filter is measured instead. The generator runs with relaxed filters on a seeded half of the gold
+images (the *calibration* half) and every candidate is scored against the gold ground truth (its best IoU
+with any gold mask: whole, part or subpart). Then, as Platt scaling calibrates a classifier:
+
+- a :class:`QualityModel` (logistic regression) learns the probability that a candidate is right (IoU above
+  ``match_iou``) from what the generator knows about it: the predicted IoU, the stability score, how well the
+  mask agrees with the image's regions (:mod:`sam_engine.snap`) and its size;
+- :func:`choose_threshold` picks, for each target precision, the lowest probability cut whose kept candidates
+  are right at least that often (keeping the most right ones).
+
+The generator then runs with that model and cut on the other half (*held out*), and the precision measured
+there is reported beside the calibration precision, so a filter that only fits its own half shows.
+:func:`choose_thresholds` is the same search over SAM's two thresholds alone (predicted IoU, stability).
 """
 
 from __future__ import annotations
@@ -23,20 +30,100 @@ from ..data import rle as rle_utils
 from .params import AmgParams
 
 STABILITY_GRID = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
+FEATURES = ("predicted_iou", "stability_score", "region_agreement", "log_area", "log_area_squared")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """A calibrated filter: keep masks with predicted IoU > ``pred_iou`` and stability >= ``stability``."""
+    """A calibrated filter: keep masks with predicted IoU > ``pred_iou`` and stability >= ``stability`` and,
+    with a quality model, quality >= ``quality``."""
 
     pred_iou: float
     stability: float
+    quality: float | None = None
 
-    def apply(self, params: AmgParams) -> AmgParams:
-        """``params`` with these thresholds."""
-        return params.model_copy(
-            update={"pred_iou_thresh": self.pred_iou, "stability_score_thresh": self.stability}
+    def apply(self, params: AmgParams, quality_model: dict | None = None) -> AmgParams:
+        """``params`` with these thresholds (and ``quality_model`` when the quality cut is set)."""
+        update: dict[str, Any] = {"pred_iou_thresh": self.pred_iou, "stability_score_thresh": self.stability}
+        if self.quality is not None and quality_model is not None:
+            update.update({"quality_model": quality_model, "quality_thresh": self.quality})
+        return params.model_copy(update=update)
+
+
+def record_features(records: Sequence[dict], image_area: int) -> np.ndarray:
+    """The :data:`FEATURES` of generated records: (N, 5). The size enters as log area fraction and its square,
+    since both very small masks (specks) and very large ones (background) are rarely objects."""
+    rows = []
+    for r in records:
+        log_area = float(np.log(max(1, r["area"]) / max(1, image_area)))
+        rows.append(
+            (r["predicted_iou"], r["stability_score"], r.get("region_agreement", 1.0), log_area, log_area**2)
         )
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES))
+
+
+@dataclass(frozen=True)
+class QualityModel:
+    """Logistic regression on standardised features: P(candidate right) = sigmoid(w . (x - mean) / std + b)."""
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> QualityModel:
+        """Maximum-likelihood fit (L2-regularised, L-BFGS) of labels ``y`` (bool) on features ``x``."""
+        from scipy.optimize import minimize
+
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+        z = (x - mean) / std
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            logit = z @ theta[:-1] + theta[-1]
+            p = 1.0 / (1.0 + np.exp(-logit))
+            nll = np.mean(np.logaddexp(0.0, logit) - y * logit) + l2 * np.sum(theta[:-1] ** 2)
+            grad = np.append(z.T @ (p - y) / len(y) + 2 * l2 * theta[:-1], np.mean(p - y))
+            return float(nll), grad
+
+        theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B").x
+        return cls(tuple(theta[:-1].tolist()), float(theta[-1]), tuple(mean.tolist()), tuple(std.tolist()))
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {
+            "weights": list(self.weights),
+            "bias": [self.bias],
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> QualityModel:
+        return cls(tuple(d["weights"]), float(d["bias"][0]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def choose_threshold(
+    scores: np.ndarray, good: np.ndarray, target_precision: float, min_kept: int = 5
+) -> tuple[float, float, int]:
+    """The lowest cut on ``scores`` whose kept candidates (score >= cut) are ``good`` at least
+    ``target_precision`` of the time, keeping the most good ones; (cut, precision, kept). With no such
+    cut, the top-scored candidate's own score (keep the most confident one)."""
+    if not len(scores):
+        return 1.0, float("nan"), 0
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    s, g = np.asarray(scores)[order], np.asarray(good, dtype=bool)[order]
+    hits = np.cumsum(g)
+    kept = np.arange(1, len(s) + 1)
+    last_of_run = np.append(s[1:] != s[:-1], True)
+    ok = np.flatnonzero(last_of_run & (hits / kept >= target_precision) & (kept >= min(min_kept, len(s))))
+    j = ok[np.argmax(hits[ok])] if len(ok) else int(np.flatnonzero(last_of_run)[0])
+    return float(s[j]), float(hits[j] / kept[j]), int(kept[j])
 
 
 def best_ious(records: Sequence[dict], gt: Sequence[dict]) -> np.ndarray:
@@ -54,12 +141,20 @@ def score_candidates(
 ) -> pd.DataFrame:
     """Run ``generate`` on each (image, ground truth) and score every record: image index, predicted IoU,
     stability, best IoU with the ground truth."""
-    rows = []
+    frames = []
     for k, (image, gt) in enumerate(images):
         records = generate(image)
-        for rec, best in zip(records, best_ious(records, gt), strict=True):
-            rows.append((k, rec["predicted_iou"], rec["stability_score"], float(best)))
-    return pd.DataFrame(rows, columns=["image", "predicted_iou", "stability", "best_iou"])
+        if not records:
+            continue
+        area = int(np.prod(records[0]["segmentation"]["size"]))
+        df = pd.DataFrame(record_features(records, area), columns=list(FEATURES))
+        df.insert(0, "image", k)
+        df["quality"] = [r.get("quality", np.nan) for r in records]
+        df["best_iou"] = best_ious(records, gt)
+        frames.append(df)
+    columns = ["image", *FEATURES, "quality", "best_iou"]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return out.assign(stability=out["stability_score"])
 
 
 def precision_at(scored: pd.DataFrame, thresholds: Thresholds, match_iou: float = 0.9) -> tuple[float, int]:
@@ -129,11 +224,20 @@ class Calibration:
     heldout_images: int
     heldout_precision: float
     heldout_masks_per_image: float
+    quality_model: dict | None = None  # QualityModel.as_dict() when the filter is a quality cut
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["thresholds"] = asdict(self.thresholds)
         return out
+
+    def apply(self, params: AmgParams) -> AmgParams:
+        """``params`` with this calibrated filter."""
+        return self.thresholds.apply(params, self.quality_model)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        return cls(**{**d, "thresholds": Thresholds(**d["thresholds"])})
 
 
 def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -167,11 +271,20 @@ def calibrate(
     held = [images[i] for i in held_idx]
     scored = score_candidates(generator_for(relaxed.apply(params)), calib)
     grid = tuple(sorted({relaxed.stability, *(g for g in STABILITY_GRID if g > relaxed.stability)}))
+    good = (scored["best_iou"] > match_iou).to_numpy()
+    model = None
+    if len(scored) >= 20 and 3 <= good.sum() <= len(good) - 3:  # both classes seen: learn the quality
+        model = QualityModel.fit(scored[list(FEATURES)].to_numpy(), good)
+        quality = model.score(scored[list(FEATURES)].to_numpy())
     out = {}
     for name, target in targets.items():
-        configured = Thresholds(params.pred_iou_thresh, params.stability_score_thresh)
-        chosen, c_prec, c_kept = choose_thresholds(scored, target, match_iou, grid, fallback=configured)
-        generate = generator_for(chosen.apply(params))
+        if model is not None:
+            cut, c_prec, c_kept = choose_threshold(quality, good, target)
+            chosen = Thresholds(relaxed.pred_iou, relaxed.stability, cut)
+        else:
+            configured = Thresholds(params.pred_iou_thresh, params.stability_score_thresh)
+            chosen, c_prec, c_kept = choose_thresholds(scored, target, match_iou, grid, fallback=configured)
+        generate = generator_for(chosen.apply(params, model.as_dict() if model is not None else None))
 
         def run(image: Any, gt: Sequence[dict], name: str = name, generate: Any = generate) -> list[dict]:
             records = generate(image)
@@ -191,5 +304,6 @@ def calibrate(
             heldout_images=len(held),
             heldout_precision=h_prec,
             heldout_masks_per_image=len(held_scored) / max(1, len(held)),
+            quality_model=model.as_dict() if model is not None and chosen.quality is not None else None,
         )
     return out

@@ -221,6 +221,17 @@ class AutomaticMaskGenerator:
         found.crop_boxes = torch.tensor([crop_box], dtype=torch.int64).expand(len(found), 4).clone()
         return found
 
+    def _promising(self, iou: torch.Tensor) -> torch.Tensor:
+        """Which points of a batch get their masks decoded: some output above ``pred_iou_thresh``, and among
+        the ``top_points_fraction`` of the batch by best predicted IoU."""
+        p = self.params
+        best = iou.max(dim=1).values
+        keep = best > p.pred_iou_thresh
+        if p.top_points_fraction < 1.0 and len(best):
+            k = max(1, int(round(p.top_points_fraction * len(best))))
+            keep &= best >= torch.topk(best, min(k, len(best))).values[-1]
+        return keep
+
     def _process_batch(
         self,
         embedding: torch.Tensor,
@@ -237,11 +248,10 @@ class AutomaticMaskGenerator:
         labels = torch.ones(n, 1, dtype=torch.int64, device=model_points.device)
         coords = model_points[:, None, :]
         decode_where = getattr(self.model, "decode_where", None)
-        if p.pred_iou_thresh > 0.0 and decode_where is not None:
-            # Masks only for points with a mask that can pass the IoU filter (the IoU head needs no mask).
-            decoded, low_res, iou = decode_where(
-                embedding, coords, labels, lambda q: (q > p.pred_iou_thresh).any(dim=1)
-            )
+        if (p.pred_iou_thresh > 0.0 or p.top_points_fraction < 1.0) and decode_where is not None:
+            # Masks only for points with a mask that can pass the IoU filter (the IoU head needs no mask),
+            # and only for the top_points_fraction of them with the highest predicted IoU.
+            decoded, low_res, iou = decode_where(embedding, coords, labels, self._promising)
         else:
             low_res, iou = self.model.decode(embedding, coords, labels, multimask_output=True)
             decoded = torch.arange(n, device=low_res.device)
@@ -324,42 +334,77 @@ class AutomaticMaskGenerator:
             )
             found = found.select(keep)
             found.rles, found.boxes = rles, boxes
-        if p.snap_scale is not None and len(found):
-            found = _snapped(found, image, p)
-        return _records(found, image_size, p.max_mask_area_ratio)
+        extra: dict[str, np.ndarray] = {}
+        if len(found) and (p.snap_scale is not None or p.quality_model is not None):
+            found, extra = _refined(found, image, p)
+        return _records(found, image_size, p.max_mask_area_ratio, extra)
 
 
-def _snapped(found: _Masks, image: np.ndarray, p: AmgParams) -> _Masks:
-    """The masks snapped to the image's regions (:mod:`sam_engine.snap`), emptied ones dropped, then box NMS
-    again (snapping can make two masks the same)."""
-    from sam_engine.snap import Regions, SnapParams
+def _refined(found: _Masks, image: np.ndarray, p: AmgParams) -> tuple[_Masks, dict[str, np.ndarray]]:
+    """Snap the masks to the image's regions (``snap_scale``; :mod:`sam_engine.snap`), score them with the
+    calibrated quality model (``quality_model``; :mod:`.calibration`) and drop those under ``quality_thresh``,
+    then box NMS again, ranked by quality (else predicted IoU): snapping can make two masks the same. Returns
+    the masks and per-mask ``region_agreement`` (IoU of a mask with its snapped self) and ``quality``."""
+    from .calibration import QualityModel, record_features
 
-    regions = Regions.of(image, SnapParams(scale=float(p.snap_scale)))
-    masks = rle_utils.decode_batch(found.rles)
-    snapped = np.stack([regions.snap_mask(m) for m in masks])
-    nonempty = snapped.reshape(len(snapped), -1).any(axis=1)
-    found = found.select(torch.from_numpy(nonempty))
-    snapped = snapped[nonempty]
+    extra: dict[str, np.ndarray] = {"region_agreement": np.ones(len(found))}
+    if p.snap_scale is not None:
+        from sam_engine.snap import Regions, SnapParams
+
+        regions = Regions.of(image, SnapParams(scale=float(p.snap_scale)))
+        masks = rle_utils.decode_batch(found.rles)
+        snapped = np.stack([regions.snap_mask(m) for m in masks])
+        inter = (masks & snapped).reshape(len(masks), -1).sum(1)
+        union = (masks | snapped).reshape(len(masks), -1).sum(1)
+        extra["region_agreement"] = inter / np.maximum(union, 1)
+        encoded = mask_utils.encode(np.asfortranarray(snapped.transpose(1, 2, 0).astype(np.uint8)))
+        xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
+        found.boxes = torch.cat([xywh[:, :2], xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)], dim=1)
+        found.rles = [{"size": list(image.shape[:2]), "counts": r["counts"].decode("ascii")} for r in encoded]
+        areas = snapped.reshape(len(snapped), -1).sum(1)
+    else:
+        coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in found.rles]
+        areas = np.asarray(rle_utils.areas(coco))
+    keep = np.asarray(areas) > 0
+    rank = found.iou.numpy().astype(np.float64)
+    if p.quality_model is not None:
+        records = [
+            {"predicted_iou": i, "stability_score": s, "region_agreement": a, "area": int(n)}
+            for i, s, a, n in zip(
+                found.iou.tolist(), found.stability.tolist(), extra["region_agreement"], areas, strict=True
+            )
+        ]
+        features = record_features(records, image.shape[0] * image.shape[1])
+        extra["quality"] = QualityModel.from_dict(p.quality_model).score(features)
+        keep &= extra["quality"] >= p.quality_thresh
+        rank = extra["quality"]
+    idx = np.flatnonzero(keep)
+    found = found.select(torch.from_numpy(idx))
+    extra = {k: v[idx] for k, v in extra.items()}
     if not len(found):
-        return found
-    encoded = mask_utils.encode(np.asfortranarray(snapped.transpose(1, 2, 0).astype(np.uint8)))
-    xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
-    found.boxes = torch.cat([xywh[:, :2], xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)], dim=1)
-    found.rles = [{"size": list(image.shape[:2]), "counts": r["counts"].decode("ascii")} for r in encoded]
-    keep = nms(found.boxes.float(), found.iou, p.box_nms_thresh)
-    return found.select(keep)
+        return found, extra
+    order = nms(found.boxes.float(), torch.from_numpy(rank[idx]).float(), p.box_nms_thresh)
+    return found.select(order), {k: v[order.numpy()] for k, v in extra.items()}
 
 
-def _records(found: _Masks, image_size: tuple[int, int], max_area_ratio: float | None) -> list[dict]:
-    """SA-1B annotation fields (no ``id``) for every mask; drops masks covering too much of the image."""
+def _records(
+    found: _Masks,
+    image_size: tuple[int, int],
+    max_area_ratio: float | None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
+    """SA-1B annotation fields (no ``id``) for every mask, plus any per-mask ``extra`` values (the shard
+    writer keeps only the SA-1B ones); drops masks covering too much of the image."""
     if len(found) == 0:
         return []
+    extra = extra or {}
     coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in found.rles]
     areas = torch.from_numpy(rle_utils.areas(coco))
     keep = ~covers_too_much(areas, image_size[0], image_size[1], max_area_ratio) & (areas > 0)
     if not bool(keep.all()):
         found = found.select(keep)
         areas = areas[keep]
+        extra = {k: v[keep.numpy()] for k, v in extra.items()}
     xywh = found.boxes.clone()
     xywh[:, 2:] -= xywh[:, :2]
     crop_xywh = found.crop_boxes.clone()
@@ -386,4 +431,7 @@ def _records(found: _Masks, image_size: tuple[int, int], max_area_ratio: float |
                 "crop_box": [float(v) for v in crop],
             }
         )
+    for key, values in extra.items():
+        for rec, v in zip(out, values.tolist(), strict=True):
+            rec[key] = float(v)
     return out

@@ -37,6 +37,13 @@ class AmgParams(BaseModel):
     # Snap every kept mask to the image's regions (sam_engine/snap.py) before the records are written; None
     # keeps the model's masks (SAM's behaviour). The value is the over-segmentation's scale.
     snap_scale: float | None = None
+    # Decode masks only for this share of each batch's points, those with the highest predicted IoU (the IoU
+    # head needs no mask, so the rest skip the upscaling); 1.0 decodes every point (SAM).
+    top_points_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # A calibrated quality filter (sam_engine/amg/calibration.QualityModel.as_dict()): masks whose modelled
+    # probability of being right is below quality_thresh are dropped, and NMS ranks by it. None: SAM's filters.
+    quality_model: dict[str, list[float]] | None = None
+    quality_thresh: float = 0.0
 
     @model_validator(mode="after")
     def _check_grids(self) -> AmgParams:

@@ -365,6 +365,7 @@ def amg_params(ws: Workspace):
         points_per_batch=s.amg_points_per_batch,
         pred_iou_thresh=s.amg_pred_iou_thresh,
         stability_score_thresh=s.amg_stability_score_thresh,
+        top_points_fraction=s.amg_top_points_fraction,
         snap_scale=SNAP_SCALE if ws.cfg.model.snap else None,
     )
 
@@ -404,7 +405,7 @@ def amg_calibration(ws: Workspace, ref: ModelRef) -> tuple[dict[str, Any], dict[
             pred[k], gt[k] = records, list(truth)
 
     params = amg_params(ws)
-    relaxed = Thresholds(min(0.3, params.pred_iou_thresh), min(0.5, params.stability_score_thresh))
+    relaxed = Thresholds(min(0.0, params.pred_iou_thresh), min(0.5, params.stability_score_thresh))
     cals = calibrate(
         lambda p: AutomaticMaskGenerator(model, p).generate,
         images,
@@ -420,14 +421,14 @@ def amg_calibration(ws: Workspace, ref: ModelRef) -> tuple[dict[str, Any], dict[
 def calibrated_amg_params(ws: Workspace, ref: ModelRef, target: str = "stage3"):
     """``ref``'s automatic-mask settings with the thresholds calibrated for ``target`` on gold (its stored
     evaluation), or the configured thresholds when it has none."""
-    from ..amg.calibration import Thresholds
+    from ..amg.calibration import Calibration
 
     ev = stored_evaluation(ws, ref)
     cal = (ev or {}).get("calibration", {}).get(target)
     params = amg_params(ws)
     if not cal:
         return params
-    return Thresholds(**cal["thresholds"]).apply(params)
+    return Calibration.from_dict(cal).apply(params)
 
 
 def checkpoint_path(ref: ModelRef) -> Path:

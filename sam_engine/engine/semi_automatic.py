@@ -32,7 +32,7 @@ def propose(
     from ..amg.generator import AutomaticMaskGenerator
 
     register_images(store, images, "stage2", "pool")
-    routing, params = stage2_routing(ws, model)
+    routing, params, score_key = stage2_routing(ws, model)
     done = store.query("SELECT DISTINCT image_id FROM masks WHERE stage = 2 AND source = 'model'")
     done_ids = set(done["image_id"].astype(int)) if len(done) else set()
     prior = _proposal_log(ws)
@@ -53,6 +53,7 @@ def propose(
             stage=2,
             config=routing,
             batch="stage2-review",
+            score_key=score_key,
         )
         c = report.counts
         rows.append(
@@ -77,32 +78,33 @@ def propose(
     return df
 
 
-def stage2_routing(ws: Workspace, model: ModelRef) -> tuple[RoutingConfig, Any]:
-    """Routing thresholds and generator settings for ``model``'s proposals: its thresholds calibrated on gold
-    for the auto-accept and review precisions, the generator keeping everything down to the review band (the
-    configured ``stage2_accept_iou`` / ``stage2_review_iou`` and generator settings when it has no
-    calibration)."""
-    from ..amg.calibration import Thresholds
+def stage2_routing(ws: Workspace, model: ModelRef) -> tuple[RoutingConfig, Any, str]:
+    """Routing thresholds, generator settings and the score routed on for ``model``'s proposals.
+
+    With a gold calibration (:func:`~sam_engine.engine.models.amg_calibration`), the generator keeps what
+    passes the review filter and proposals are routed on the calibrated quality (or, without a quality model,
+    on predicted IoU and stability) at the auto-accept and review cuts. Without one: the configured
+    ``stage2_accept_iou`` / ``stage2_review_iou`` on predicted IoU and the configured generator settings.
+    """
+    from ..amg.calibration import Calibration
 
     s = ws.cfg.stages
-    ev = stored_evaluation(ws, model) or {}
-    cal = ev.get("calibration") or {}
-    accept = cal.get("stage2_accept", {}).get("thresholds")
-    review = cal.get("stage2_review", {}).get("thresholds")
-    if not accept or not review:
+    cal = (stored_evaluation(ws, model) or {}).get("calibration") or {}
+    if "stage2_accept" not in cal or "stage2_review" not in cal:
         routing = RoutingConfig(accept_iou=s.stage2_accept_iou, review_iou=s.stage2_review_iou)
-        return routing, amg_params(ws)
-    accept_t, review_t = Thresholds(**accept), Thresholds(**review)
-    review_t = Thresholds(
-        min(review_t.pred_iou, accept_t.pred_iou), min(review_t.stability, accept_t.stability)
-    )
+        return routing, amg_params(ws), "predicted_iou"
+    accept, review = Calibration.from_dict(cal["stage2_accept"]), Calibration.from_dict(cal["stage2_review"])
+    a, r = accept.thresholds, review.thresholds
+    if review.quality_model is not None and a.quality is not None and r.quality is not None:
+        routing = RoutingConfig(accept_iou=max(a.quality, r.quality), review_iou=r.quality)
+        return routing, review.apply(amg_params(ws)), "quality"
     routing = RoutingConfig(
-        accept_iou=accept_t.pred_iou,
-        review_iou=review_t.pred_iou,
-        accept_stability=accept_t.stability,
-        review_stability=review_t.stability,
+        accept_iou=max(a.pred_iou, r.pred_iou),
+        review_iou=r.pred_iou,
+        accept_stability=max(a.stability, r.stability),
+        review_stability=r.stability,
     )
-    return routing, review_t.apply(amg_params(ws))
+    return routing, review.apply(amg_params(ws)), "predicted_iou"
 
 
 def _log_path(ws: Workspace):
