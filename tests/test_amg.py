@@ -509,9 +509,10 @@ def test_snapping_and_the_quality_filter_refine_the_records():
     snapped = AutomaticMaskGenerator(model, AmgParams(**base, snap_scale=50.0)).generate(img)
     obj = np.zeros((64, 64), bool)
     obj[16:48, 16:48] = True
-    iou = lambda r: (
-        (rle_utils.decode(r["segmentation"]) & obj).sum() / (rle_utils.decode(r["segmentation"]) | obj).sum()
-    )  # noqa: E731
+    def iou(r):
+        m = rle_utils.decode(r["segmentation"])
+        return (m & obj).sum() / (m | obj).sum()
+
     assert max(iou(r) for r in snapped) == 1.0 > max(iou(r) for r in raw)
     assert all(0.0 <= r["region_agreement"] <= 1.0 for r in snapped)
     # a quality model that dislikes masks as large as the image keeps the object only
