@@ -509,6 +509,7 @@ def test_snapping_and_the_quality_filter_refine_the_records():
     snapped = AutomaticMaskGenerator(model, AmgParams(**base, snap_scale=50.0)).generate(img)
     obj = np.zeros((64, 64), bool)
     obj[16:48, 16:48] = True
+
     def iou(r):
         m = rle_utils.decode(r["segmentation"])
         return (m & obj).sum() / (m | obj).sum()
