@@ -138,11 +138,13 @@ def _eval_asset(version: int):
         ins={"model": AssetIn(f"model_v{version}")},
         deps=["gold_set"],
         description=f"Held-out gold-set evaluation of model v{version}: click protocol (mIoU@k, NoC) per "
-        "region and automatic-mask recall.",
+        "region"
+        + (" and the automatic masks' calibration and recall." if version else " (v0 proposes no masks)."),
     )
     def _evaluate(context: AssetExecutionContext, engine: EngineResource, model: ModelRef) -> Output[dict]:
         ws = workspace(engine)
-        metrics = evaluate_version(ws, model, log_fn=context.log.info)
+        # v0's automatic masks feed no stage (stage 2 proposes with v1, stage 3 with v2): no calibration
+        metrics = evaluate_version(ws, model, with_amg=version > 0, log_fn=context.log.info)
         by_region = metrics.get("by_region", {})
         return Output(
             metrics,

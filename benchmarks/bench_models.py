@@ -95,11 +95,10 @@ def run(quick: bool = False) -> list[dict]:
                     "unit": unit,
                 }
                 if label != "tiny":
-                    b = float(old[metric])
+                    b, v = float(old[metric]), float(s[metric])
                     row["baseline"] = round(b, 4)
-                    row["ratio"] = (
-                        round(float(s[metric]) / b if high else b / float(s[metric]), 4) if b else 1.0
-                    )
+                    if b > 0 and v > 0:  # a ratio against nothing, or of nothing, says nothing
+                        row["ratio"] = round(v / b if high else b / v, 4)
                 rows.append(row)
     return rows
 

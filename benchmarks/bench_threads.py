@@ -17,17 +17,17 @@ BENCH = "threads"
 
 _WORKLOAD = r"""
 import sys, time, torch
-threads = int(sys.argv[1]); steps = int(sys.argv[2])
+threads, steps, batch = (int(a) for a in sys.argv[1:4])
 if threads > 0:
     torch.set_num_threads(threads)
 from sam_engine.model import build_sam
 model = build_sam("tiny_conv", seed=0).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 gen = torch.Generator().manual_seed(0)
-x = torch.rand(4, 3, 256, 256, generator=gen) * 255
+x = torch.rand(batch, 3, 256, 256, generator=gen) * 255
 coords = torch.rand(16, 2, 2, generator=gen) * 256
 labels = torch.tensor([[1, 0]]).expand(16, 2)
-index = torch.arange(4).repeat_interleave(4)
+index = torch.arange(batch).repeat_interleave(16 // batch)
 def step():
     emb = model.image_encoder(model.preprocess(x))
     low, iou = model.decode(emb[index], coords, labels, multimask_output=True)
@@ -41,10 +41,10 @@ print((time.perf_counter() - t) / steps)
 """
 
 
-def _spawn(threads: int, steps: int) -> subprocess.Popen:
+def _spawn(threads: int, steps: int, batch: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKLOAD, str(threads), str(steps)],
+        [sys.executable, "-c", _WORKLOAD, str(threads), str(steps), str(batch)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -58,11 +58,11 @@ def _seconds(procs: list[subprocess.Popen]) -> float:
 def run(quick: bool = False) -> list[dict]:
     from sam_engine.threads import torch_threads
 
-    steps = 2 if quick else 12
+    steps, batch = (1, 1) if quick else (12, 4)  # batch: images per step (16 prompts in all)
     cores = os.cpu_count() or 1
-    alone = _seconds([_spawn(cores, steps)])
-    policy = _seconds([_spawn(torch_threads(concurrent=2), steps) for _ in range(2)])
-    default = _seconds([_spawn(0, steps) for _ in range(2)])
+    alone = _seconds([_spawn(cores, steps, batch)])
+    policy = _seconds([_spawn(torch_threads(concurrent=2), steps, batch) for _ in range(2)])
+    default = _seconds([_spawn(0, steps, batch) for _ in range(2)])
     row = {"benchmark": BENCH, "unit": "s/step", "baseline": round(alone, 4)}
     return [
         {**row, "metric": f"1 process, {cores} threads", "value": round(alone, 4), "ratio": 1.0},

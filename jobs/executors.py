@@ -84,8 +84,26 @@ class Sealed:
         self.value = value
 
 
+def _share_cores_with_host_workers() -> None:
+    """In a Dask worker: torch threads = this host's cores / the task slots of every worker on the host, so
+    concurrent steps (one per worker thread) do not oversubscribe the cores (``SAM_ENGINE_TORCH_THREADS``
+    set on the worker wins)."""
+    from dask.distributed import get_client, get_worker
+
+    from sam_engine.threads import ENV
+
+    if os.environ.get(ENV):
+        return
+    worker = get_worker()
+    host = worker.address.rsplit(":", 1)[0] + ":"
+    workers = get_client().scheduler_info()["workers"]  # address -> info
+    slots = sum(info.get("nthreads", 1) for address, info in workers.items() if address.startswith(host))
+    os.environ[ENV] = str(max(1, (os.cpu_count() or 1) // max(1, slots)))
+
+
 def run_step_on_worker(dependencies: list, sealed: Sealed) -> Sealed:
     """Dask task: execute the sealed step of a run (``dependencies`` only orders the futures)."""
+    _share_cores_with_host_workers()
     return Sealed(list(query_on_dask_worker(dependencies, *sealed.value)))
 
 

@@ -26,7 +26,7 @@ class CorpusConfig(_Section):
     """Sizes and shapes of the generated corpora (the embedded default)."""
 
     public_images: int = 2000
-    pool_images: int = 2000
+    pool_images: int = 1000  # stage 1 and 2 take 200; stage 3 the rest
     gold_images: int = 200
     public_val_fraction: float = 0.1
     public_size: tuple[int, int] = (160, 256)  # min/max side in pixels
@@ -134,6 +134,7 @@ class EvalSection(_Section):
     gold_objects: int = 150  # click-protocol objects sampled from the gold set per evaluation
     gold_amg_images: int = 40  # gold images for automatic-mask calibration (half) and recall (the other half)
     public_val_objects: int = 100
+    finetune_val_objects: int = 30  # a fine-tune's validation slice of its own data (a monitor; gold judges)
     max_clicks: int = 20
     # The no-regression gate (sam_engine.evaluation.regression): a new model fails only when the one-sided
     # lower confidence bound (z standard errors, paired over the gold objects) of its loss against its
@@ -208,11 +209,11 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "regions": 5,
         },
         "train": {
-            "max_minutes": 0.5,
+            "max_minutes": 0.3,
             "max_steps": 20,
             "batch_size": 4,
             "finetune_steps": 10,
-            "finetune_minutes": 0.2,
+            "finetune_minutes": 0.15,
             "warmup_steps": 2,
         },
         "stages": {
@@ -241,6 +242,7 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "gold_objects": 12,
             "gold_amg_images": 3,
             "public_val_objects": 12,
+            "finetune_val_objects": 8,
             "max_clicks": 5,
             "regression_tolerance": 1.0,
             "noc_tolerance": 20.0,

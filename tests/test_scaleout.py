@@ -140,6 +140,29 @@ def test_backfill_rejects_unknown_partitions_and_ephemeral_instances(tmp_path):
     instance.dispose()
 
 
+def _worker_torch_threads() -> int:
+    from jobs.executors import _share_cores_with_host_workers
+    from sam_engine.threads import torch_threads
+
+    _share_cores_with_host_workers()
+    return torch_threads()
+
+
+def test_dask_workers_split_the_host_cores_between_them(monkeypatch):
+    """Two single-thread workers on one host each take half the cores for torch (a step per worker at once
+    must not oversubscribe them)."""
+    from dask.distributed import Client, LocalCluster
+
+    monkeypatch.delenv("SAM_ENGINE_TORCH_THREADS", raising=False)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        workers = list(client.scheduler_info()["workers"])
+        got = client.gather([client.submit(_worker_torch_threads, workers=[w], pure=False) for w in workers])
+    assert got == [max(1, (os.cpu_count() or 1) // 2)] * 2
+
+
 @pytest.mark.slow
 def test_stage3_shards_on_dask_match_in_process(tmp_path):
     """3 shard partitions: in process, then on Dask (a run-owned 2-worker LocalCluster for one partition, a

@@ -240,6 +240,47 @@ class Calibration:
         return cls(**{**d, "thresholds": Thresholds(**d["thresholds"])})
 
 
+def _record_passes(record: dict, t: Thresholds) -> bool:
+    ok = record["predicted_iou"] > t.pred_iou and record["stability_score"] >= t.stability
+    return ok and (t.quality is None or record.get("quality", 1.0) >= t.quality)
+
+
+def _passing(scored: pd.DataFrame, t: Thresholds) -> np.ndarray:
+    ok = (scored["predicted_iou"] > t.pred_iou) & (scored["stability_score"] >= t.stability)
+    if t.quality is not None:
+        ok &= scored["quality"].fillna(1.0) >= t.quality
+    return ok.to_numpy()
+
+
+def _held_out_runs(
+    generator_for: Callable[[AmgParams], Callable[[Any], list[dict]]],
+    held: Sequence[tuple[Any, Sequence[dict]]],
+    params: AmgParams,
+    model: QualityModel | None,
+    chosen_by: dict[str, tuple[Thresholds, float, int]],
+) -> tuple[pd.DataFrame, list[tuple[list[dict], Sequence[dict]]]]:
+    """One generator run on the held-out half at the loosest of the chosen filters; every stricter one is that
+    run's records filtered. A cut on the score NMS ranks by commutes with that NMS (a mask is suppressed only
+    by a higher-ranked one, which passes any cut it passes): exact for quality cuts, and for predicted-IoU
+    cuts without a quality model (a stability cut there is the approximation)."""
+    records_of: list[tuple[list[dict], Sequence[dict]]] = []
+    filters = [t for t, _, _ in chosen_by.values()]
+    qualities = [t.quality for t in filters if t.quality is not None]
+    loosest = Thresholds(
+        min(t.pred_iou for t in filters),
+        min(t.stability for t in filters),
+        min(qualities) if qualities else None,
+    )
+    generate = generator_for(loosest.apply(params, model.as_dict() if model is not None else None))
+
+    def run(image: Any, gt: Sequence[dict]) -> list[dict]:
+        records = generate(image)
+        records_of.append((records, gt))
+        return records
+
+    return score_candidates(lambda pair: run(*pair), [((im, gt), gt) for im, gt in held]), records_of
+
+
 def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
     """A seeded split of ``n`` items into a calibration half and a held-out half."""
     order = np.random.default_rng([seed, 23]).permutation(n).tolist()
@@ -261,10 +302,10 @@ def calibrate(
     truth)) and measure them on the other.
 
     ``generator_for(params)`` returns a function image -> records (an automatic mask generator with those
-    settings). The relaxed candidates of the calibration half are generated once for all targets; each
-    target's thresholds then run for real on the held-out half (``held_out(name, records, gt)`` sees every
-    held-out image's records, e.g. to score recall). Without any candidate to measure, ``params``' own
-    thresholds stand.
+    settings). The relaxed candidates of the calibration half are generated once for all targets, and the
+    held-out half once at the loosest chosen filter (:func:`_held_out_runs`); ``held_out(name, records, gt)``
+    sees each target's records of every held-out image, e.g. to score recall. Without any candidate to
+    measure, ``params``' own thresholds stand.
     """
     calib_idx, held_idx = split_halves(len(images), seed)
     calib = [images[i] for i in calib_idx]
@@ -276,24 +317,23 @@ def calibrate(
     if len(scored) >= 20 and 3 <= good.sum() <= len(good) - 3:  # both classes seen: learn the quality
         model = QualityModel.fit(scored[list(FEATURES)].to_numpy(), good)
         quality = model.score(scored[list(FEATURES)].to_numpy())
-    out = {}
+    chosen_by: dict[str, tuple[Thresholds, float, int]] = {}
     for name, target in targets.items():
         if model is not None:
             cut, c_prec, c_kept = choose_threshold(quality, good, target)
-            chosen = Thresholds(relaxed.pred_iou, relaxed.stability, cut)
+            chosen_by[name] = (Thresholds(relaxed.pred_iou, relaxed.stability, cut), c_prec, c_kept)
         else:
             configured = Thresholds(params.pred_iou_thresh, params.stability_score_thresh)
-            chosen, c_prec, c_kept = choose_thresholds(scored, target, match_iou, grid, fallback=configured)
-        generate = generator_for(chosen.apply(params, model.as_dict() if model is not None else None))
-
-        def run(image: Any, gt: Sequence[dict], name: str = name, generate: Any = generate) -> list[dict]:
-            records = generate(image)
-            if held_out is not None:
-                held_out(name, records, gt)
-            return records
-
-        held_scored = score_candidates(lambda pair: run(*pair), [((im, gt), gt) for im, gt in held])
-        h_prec = float((held_scored["best_iou"] > match_iou).mean()) if len(held_scored) else float("nan")
+            chosen_by[name] = choose_thresholds(scored, target, match_iou, grid, fallback=configured)
+    held_scored, held_records = _held_out_runs(generator_for, held, params, model, chosen_by)
+    out = {}
+    for name, target in targets.items():
+        chosen, c_prec, c_kept = chosen_by[name]
+        kept = _passing(held_scored, chosen)
+        if held_out is not None:
+            for records, truth in held_records:
+                held_out(name, [r for r in records if _record_passes(r, chosen)], truth)
+        h_prec = float((held_scored.loc[kept, "best_iou"] > match_iou).mean()) if kept.any() else float("nan")
         out[name] = Calibration(
             thresholds=chosen,
             target_precision=target,
@@ -303,7 +343,7 @@ def calibrate(
             calibration_masks_per_image=c_kept / max(1, len(calib)),
             heldout_images=len(held),
             heldout_precision=h_prec,
-            heldout_masks_per_image=len(held_scored) / max(1, len(held)),
+            heldout_masks_per_image=int(kept.sum()) / max(1, len(held)),
             quality_model=model.as_dict() if model is not None and chosen.quality is not None else None,
         )
     return out

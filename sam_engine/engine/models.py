@@ -116,8 +116,9 @@ def train_version(
             val_corpus=val_corpus,
             resume=True,
             mlflow=ws.tracking,
-            val_max_objects=cfg.eval.public_val_objects,
-            final_eval_clicks=cfg.eval.max_clicks,
+            # a fine-tune's own validation slice is a monitor (the gold evaluation judges it): kept small
+            val_max_objects=cfg.eval.finetune_val_objects if finetune else cfg.eval.public_val_objects,
+            final_eval_clicks=min(5, cfg.eval.max_clicks) if finetune else cfg.eval.max_clicks,
             zoom_eval=cfg.model.zoom_in,
             run_name=name,
             tags={"engine_model": name, "train_key": key},
