@@ -18,7 +18,12 @@ from sam_engine.engine import checks, quality, report
 GROUP = "quality"
 
 
-def _shards_list(sa1b_shards: dict) -> list[dict]:
+def _shards_list(context: AssetExecutionContext, sa1b_shards: dict) -> list[dict]:
+    """Every shard's summary in partition order. Dagster's IO manager hands a downstream asset a dict keyed by
+    partition, except with a single partition, where it hands that partition's value itself."""
+    keys = context.asset_partition_keys_for_input("sa1b_shards")
+    if len(keys) == 1 and keys[0] not in sa1b_shards:
+        return [sa1b_shards]
     return [sa1b_shards[k] for k in sorted(sa1b_shards)]
 
 
@@ -34,7 +39,7 @@ def quality_by_stage(context: AssetExecutionContext, engine: EngineResource, sa1
     ws = workspace(engine)
     with ws.open_store(read_only=True) as store:
         df = quality.quality_by_stage(
-            store, _shards_list(sa1b_shards), {im.image_id for im in ws.gold.images}
+            store, _shards_list(context, sa1b_shards), {im.image_id for im in ws.gold.images}
         )
     yield Output(df, metadata={"table": table_md(df)})
     ok, msg = report.validate_stage_table(df)
@@ -58,7 +63,7 @@ def quality_by_stage(context: AssetExecutionContext, engine: EngineResource, sa1
 def region_coverage(context: AssetExecutionContext, engine: EngineResource, sa1b_shards: dict):
     ws = workspace(engine)
     # a stage-3 image counts as covered only when it carries a kept mask
-    shard_ids = [i for s in _shards_list(sa1b_shards) for i in s.get("covered_image_ids", [])]
+    shard_ids = [i for s in _shards_list(context, sa1b_shards) for i in s.get("covered_image_ids", [])]
     with ws.open_store(read_only=True) as store:
         df = quality.region_coverage(
             {im.image_id: im.region for im in ws.pool.images}, store, shard_image_ids=shard_ids
@@ -99,7 +104,7 @@ def stage3_audit(context: AssetExecutionContext, engine: EngineResource, sa1b_sh
     from sam_engine.data.sa1b import read_shards
 
     ws = workspace(engine)
-    shards = _shards_list(sa1b_shards)
+    shards = _shards_list(context, sa1b_shards)
     kept = read_shards(ws.shard_paths(), cache_dir=ws.cfg.data_dir / "shard_cache")
     df = quality.stage3_audit(shards, kept.annotations, ws.ground_truth())
     picture = report.stage_overlay(ws, kept.annotations, "stage 3 (automatic)")
@@ -147,7 +152,7 @@ def annotator_stats(context: AssetExecutionContext, engine: EngineResource):
 )
 def shard_drift(context: AssetExecutionContext, engine: EngineResource, sa1b_shards: dict):
     ws = workspace(engine)
-    shards = _shards_list(sa1b_shards)
+    shards = _shards_list(context, sa1b_shards)
     paths = ws.shard_paths()
     out = report.shard_drift(ws, shards, paths)
     yield Output(out, metadata={k: v for k, v in out.items() if isinstance(v, int | float | str)})
@@ -202,7 +207,7 @@ def engine_report(
         region_coverage,
         annotator_stats,
         evals,
-        _shards_list(sa1b_shards),
+        _shards_list(context, sa1b_shards),
         audit=stage3_audit,
         drift=shard_drift,
     )

@@ -209,17 +209,18 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
             "regions": 5,
         },
         "train": {
-            "max_minutes": 0.3,
-            "max_steps": 20,
+            # step-bound (the minutes only cap a slow machine), so a smoke run trains the same on any CPU
+            "max_minutes": 2.0,
+            "max_steps": 30,
             "batch_size": 4,
-            "finetune_steps": 10,
-            "finetune_minutes": 0.15,
+            "finetune_steps": 5,
+            "finetune_minutes": 1.0,
             "warmup_steps": 2,
         },
         "stages": {
             "stage1_images": 6,
             "stage2_images": 10,
-            "images_per_shard": 8,
+            "images_per_shard": 24,  # one shard: a barely trained smoke model keeps a few masks in all
             "annotators": 3,
             "overlap_fraction": 0.34,
             "stage2_complete_images": 4,

@@ -230,6 +230,7 @@ def build_app(store: QualityStore, images_dir: Path, predictor: object | None = 
 
     dirs = {"pool": images_dir}
     service = SegmentationService(predictor or FakePredictor(), ImageResolver(store, dirs).load, cache_size=8)
+    kwargs.setdefault("ws_hosts", ["testserver"])  # the Host header of FastAPI's TestClient
     return create_app(store, service, dirs, **kwargs), service
 
 

@@ -188,16 +188,21 @@ def _raw_tar(path: Path, members: list[tuple[str, bytes]], symlink: str | None =
 def test_unsafe_member_names_refused(tmp_path: Path, name: str):
     path = tmp_path / "evil.tar"
     _raw_tar(path, [(name, b"{}")])
-    with pytest.raises(DataError) as e:
-        sa1b.read_shard_records(path, Quarantine())
+    q = Quarantine()
+    assert sa1b.read_shard_records(path, q) == []
+    assert [(e.record, e.field) for e in q.errors] == [(name, "member")]
+    with pytest.raises(DataError) as e:  # without a quarantine the first problem raises
+        sa1b.read_shard_records(path)
     assert e.value.field == "member"
 
 
 def test_symlink_member_refused(tmp_path: Path):
     path = tmp_path / "link.tar"
     _raw_tar(path, [], symlink="sa_1.png")
-    with pytest.raises(DataError, match="regular file"):
-        sa1b.read_shard(path, cache_dir=tmp_path / "c")
+    q = Quarantine()
+    assert sa1b.read_shard(path, cache_dir=tmp_path / "c", quarantine=q).images == []
+    assert "regular file" in q.errors[0].message and q.errors[0].field == "member"
+    assert not any((tmp_path / "c").iterdir())
 
 
 def test_unpaired_and_mismatched_members_quarantined(tmp_path: Path):

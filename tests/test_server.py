@@ -120,11 +120,12 @@ def test_websocket_auth(client: TestClient, world: World) -> None:
 def test_annotator_cannot_touch_another_annotators_task(client: TestClient, world: World) -> None:
     bobs = world.tasks["bob"][0]
     h = auth(world, "alice")
-    assert client.get(f"/api/tasks/{bobs}", headers=h).status_code == 403
-    assert client.post(f"/api/tasks/{bobs}/skip", headers=h, json={}).status_code == 403
-    assert client.post(f"/api/tasks/{bobs}/done", headers=h).status_code == 403
+    # another's task or image answers as a missing one does (404), so ids cannot be probed
+    assert client.get(f"/api/tasks/{bobs}", headers=h).status_code == 404
+    assert client.post(f"/api/tasks/{bobs}/skip", headers=h, json={}).status_code == 404
+    assert client.post(f"/api/tasks/{bobs}/done", headers=h).status_code == 404
     assert client.get("/api/tasks?annotator_id=bob", headers=h).status_code == 403
-    assert client.get(f"/api/images/{world.image_ids[-1]}", headers=h).status_code == 403  # only bob's image
+    assert client.get(f"/api/images/{world.image_ids[-1]}", headers=h).status_code == 404  # only bob's image
     assert client.get(f"/api/tasks/{world.tasks['alice'][0]}", headers=h).status_code == 200
     assert client.get("/api/tasks/99999", headers=h).status_code == 404
     listed = client.get("/api/tasks?annotator_id=bob", headers=auth(world, "adam")).json()["tasks"]
@@ -132,7 +133,7 @@ def test_annotator_cannot_touch_another_annotators_task(client: TestClient, worl
     conn, ws = open_ws(client, world, "alice")
     try:
         r = ws.send(type="open", task_id=bobs)
-        assert r["type"] == "error" and r["code"] == "forbidden"
+        assert r["type"] == "error" and r["code"] == "not_found"
         r = ws.send(type="open", image_id=world.image_ids[0])  # free image access is for reviewers
         assert r["code"] == "forbidden"
     finally:
@@ -378,8 +379,8 @@ def test_history_and_revert_permissions(client: TestClient, world: World) -> Non
         conn.__exit__(None, None, None)
     h = client.get(f"/api/masks/{mask_id}/history", headers=auth(world, "alice")).json()
     assert [e["kind"] for e in h["events"]] == ["commit"] and h["next_revert"]["kind"] == "commit"
-    assert client.get(f"/api/masks/{mask_id}/history", headers=auth(world, "bob")).status_code == 403
-    assert client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "bob")).status_code == 403
+    assert client.get(f"/api/masks/{mask_id}/history", headers=auth(world, "bob")).status_code == 404
+    assert client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "bob")).status_code == 404
     r = client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "alice"))
     assert r.status_code == 200 and world.store.get_mask(mask_id)["status"] == "reverted"
     assert client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "alice")).status_code == 404

@@ -304,12 +304,17 @@ def calibrate(
     ``generator_for(params)`` returns a function image -> records (an automatic mask generator with those
     settings). The relaxed candidates of the calibration half are generated once for all targets, and the
     held-out half once at the loosest chosen filter (:func:`_held_out_runs`); ``held_out(name, records, gt)``
-    sees each target's records of every held-out image, e.g. to score recall. Without any candidate to
-    measure, ``params``' own thresholds stand.
+    sees each target's records of every held-out image, e.g. to score recall. ``relaxed`` is loosened to
+    ``params``' own thresholds where those are looser. Without any candidate to measure, ``params``' own
+    thresholds stand.
     """
     calib_idx, held_idx = split_halves(len(images), seed)
     calib = [images[i] for i in calib_idx]
     held = [images[i] for i in held_idx]
+    # never stricter than the configured filter: the calibration sees at least what it would keep
+    relaxed = Thresholds(
+        min(relaxed.pred_iou, params.pred_iou_thresh), min(relaxed.stability, params.stability_score_thresh)
+    )
     scored = score_candidates(generator_for(relaxed.apply(params)), calib)
     grid = tuple(sorted({relaxed.stability, *(g for g in STABILITY_GRID if g > relaxed.stability)}))
     good = (scored["best_iou"] > match_iou).to_numpy()

@@ -81,6 +81,20 @@ def default_lanes(torch_threads: int) -> int:
     return max(1, min(4, cores // max(1, torch_threads)))
 
 
+def served_hosts(host: str, extra: Sequence[str] | None = None) -> list[str]:
+    """Host names the WebSocket's ``Host`` check allows besides loopback: ``--host`` (unless it is a wildcard
+    address such as ``::``, which no client names) and every ``--allow-host``."""
+    import ipaddress
+
+    def wildcard(name: str) -> bool:
+        try:
+            return ipaddress.ip_address(name.strip("[]")).is_unspecified
+        except ValueError:
+            return False
+
+    return [h for h in (host, *(extra or ())) if h and not wildcard(h)]
+
+
 def _serve(args: argparse.Namespace) -> None:
     from sam_engine import storage
     from sam_engine.quality.store import QualityStore
@@ -119,6 +133,7 @@ def _serve(args: argparse.Namespace) -> None:
         image_cache_dir=cache_dir,
         rate_limit=(args.rate, args.burst),
         cors_origins=args.allow_origin or (),
+        ws_hosts=served_hosts(args.host, args.allow_host),
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("sam_engine.annotation").warning(
@@ -173,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate", type=float, default=50.0, help="WebSocket messages per second per client")
     serve.add_argument("--burst", type=int, default=100)
     serve.add_argument("--allow-origin", action="append", help="CORS origin allowed to call the API")
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        help="host name clients use to reach the server (WebSocket Host check; loopback names and --host are "
+        "always allowed; repeatable)",
+    )
     serve.add_argument(
         "--idle-release-s",
         type=float,

@@ -86,7 +86,8 @@ _Text = Annotated[str, Field(max_length=2000)]
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a coordinate or id given as a string or a boolean is refused, never coerced to a number
+    model_config = ConfigDict(extra="forbid", strict=True)
     seq: int | None = None
 
 

@@ -20,14 +20,16 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from anyio import from_thread
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,8 +116,77 @@ async def _send_json(send: Any, status: int, body: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ request bodies
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON: numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def strict_json_loads(body: bytes) -> Any:
+    """A request body as JSON, refusing what the standard does not allow (``NaN``, ``Infinity``, numbers that
+    overflow to infinity) and what Python cannot parse (huge integers, deep nesting) with
+    :class:`json.JSONDecodeError`, which FastAPI answers with a 4xx."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc)[:200], text, 0) from None
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_json_loads(await self.body())
+        return self._json
+
+
+class _StrictJsonRoute(APIRoute):
+    """Routes whose JSON bodies are parsed by :func:`strict_json_loads`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(_StrictJsonRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with everything JSON cannot hold (NaN, infinities, bytes, objects) as text."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, float):
+        return value if np.isfinite(value) else repr(value)
+    return str(value)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    """400 for a body that is not JSON, 422 for JSON of the wrong shape; always serialisable."""
+    errors = exc.errors()
+    bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+    if bad_json:
+        e = bad_json[0]
+        reason = (e.get("ctx") or {}).get("error") or e.get("msg", "")
+        return JSONResponse({"detail": f"request body is not valid JSON: {reason}", "code": "bad_json"}, 400)
+    return JSONResponse({"detail": _json_safe(errors), "code": "bad_request"}, status_code=422)
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion of strings or booleans to numbers
 
 
 class RleBody(_Body):
@@ -302,15 +373,37 @@ def _task_public(task: dict) -> dict:
     return {k: task[k] for k in ("task_id", "image_id", "stage", "kind", "status", "mask_id")}
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_name(host: str) -> str:
+    """The name part of a ``Host`` header value (``[::1]:8765`` -> ``::1``, ``Example.org:80`` -> ``example.org``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _host_ok(ws: WebSocket, allowed: Sequence[str]) -> bool:
+    """The ``Host`` header names a loopback address or a configured host (so DNS rebinding cannot reach us)."""
+    host = ws.headers.get("host")
+    return host is not None and host_name(host) in {*LOOPBACK_HOSTS, *(host_name(h) for h in allowed)}
+
+
 def _origin_ok(ws: WebSocket, allowed: Sequence[str]) -> bool:
-    """Same-origin (Origin host == Host header) or listed; clients without an Origin (not browsers) pass."""
+    """Listed, or same-origin: the Origin's scheme is the connection's (http for ws, https for wss) and its
+    host is the Host header. Clients without an Origin (not browsers) pass."""
     origin = ws.headers.get("origin")
     if origin is None:
         return True
     if origin in allowed:
         return True
-    host = ws.headers.get("host", "")
-    return origin.split("://", 1)[-1].rstrip("/") == host
+    scheme, sep, rest = origin.partition("://")
+    expected = "https" if ws.url.scheme in ("wss", "https") else "http"
+    if not sep or scheme.lower() != expected:
+        return False
+    return rest.rstrip("/").lower() == ws.headers.get("host", "").lower()
 
 
 # -------------------------------------------------------------------------------------------- the app
@@ -333,6 +426,7 @@ def create_app(
     auth_timeout_s: float = 10.0,
     cors_origins: Sequence[str] = (),
     ws_origins: Sequence[str] = (),
+    ws_hosts: Sequence[str] = (),
     prefetch_ahead: int = 3,
     image_cache_dir: str | Path | None = None,
 ) -> FastAPI:
@@ -340,12 +434,14 @@ def create_app(
 
     ``rate_limit``: (messages per second, burst) per WebSocket connection. ``cors_origins``: origins allowed to
     call the HTTP API from another site (none by default). ``ws_origins``: extra browser origins allowed to open
-    the WebSocket besides the page's own. ``image_cache_dir``: where images of remote dataset folders (fsspec
+    the WebSocket besides the page's own. ``ws_hosts``: host names the WebSocket's ``Host`` header may carry
+    besides the loopback names (the served host name when it is not loopback). ``image_cache_dir``: where images of remote dataset folders (fsspec
     URLs) are cached (see :class:`~sam_engine.annotation.service.ImageResolver`).
     """
     resolver = ImageResolver(store, dataset_dirs, cache_dir=image_cache_dir)
     api = AnnotationService(store, service, resolver, prefetch_ahead=prefetch_ahead)
     app = FastAPI(title="sam-engine annotation", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.route_class = _StrictJsonRoute
     app.state.api = api
     app.state.store = store
     app.add_middleware(_Guard, max_body=max_body_bytes)
@@ -365,6 +461,10 @@ def create_app(
         return JSONResponse(
             {"detail": exc.message, "code": exc.code}, status_code=exc.status, headers=headers
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
 
     @app.exception_handler(DataError)
     async def _data_error(request: Request, exc: DataError) -> JSONResponse:
@@ -477,7 +577,7 @@ def create_app(
     # ------------------------------------------------------------------------------------ WebSocket
     @app.websocket("/ws")
     async def ws_route(ws: WebSocket) -> None:
-        if not _origin_ok(ws, ws_origins):
+        if not (_host_ok(ws, ws_hosts) and _origin_ok(ws, ws_origins)):
             await ws.close(code=4403)
             return
         await ws.accept()

@@ -196,12 +196,11 @@ class AnnotationService:
         return counts | {"total": len(rows)}
 
     def task(self, p: Principal, task_id: int) -> dict:
-        """A task the caller may work on: its own, or any for an admin."""
+        """A task the caller may work on: its own, or any for an admin. Another's task is "not found", as a
+        missing one is, so ids cannot be probed."""
         task = self.store.get_task(task_id)
-        if task is None:
-            raise NotFound(f"task {task_id} does not exist")
-        if task["annotator_id"] != p.annotator_id and not p.at_least("admin"):
-            raise Forbidden(f"task {task_id} is not assigned to {p.annotator_id}")
+        if task is None or task["annotator_id"] != p.annotator_id and not p.at_least("admin"):
+            raise NotFound(f"task {task_id} not found")
         return task
 
     def next_task(self, p: Principal) -> dict | None:
@@ -223,16 +222,20 @@ class AnnotationService:
 
     # ----------------------------------------------------------------------------------------- images
     def check_image(self, p: Principal, image_id: int) -> dict:
-        """Annotators see only images of their own tasks; reviewers and admins see every stored image."""
-        record = self.resolver.record(image_id)
+        """Annotators see only images of their own tasks (another image is "not found", as a missing one is);
+        reviewers and admins see every stored image."""
         if not p.at_least("reviewer"):
             mine = self.store.query(
                 "SELECT 1 FROM tasks WHERE image_id = ? AND annotator_id = ? LIMIT 1",
                 [int(image_id), p.annotator_id],
             )
             if not len(mine):
-                raise Forbidden(f"image {image_id} is not in any task of {p.annotator_id}")
-        return record
+                raise NotFound(f"image {image_id} not found")
+            try:
+                return self.resolver.record(image_id)
+            except NotFound:
+                raise NotFound(f"image {image_id} not found") from None
+        return self.resolver.record(image_id)
 
     def image_file(self, p: Principal, image_id: int) -> Path:
         self.check_image(p, image_id)
@@ -332,11 +335,11 @@ class AnnotationService:
         """A mask the caller may see: reviewers and admins any, annotators their own or their tasks'."""
         mask = self.store.get_mask(mask_id)
         if mask is None:
-            raise NotFound(f"mask {mask_id} does not exist")
+            raise NotFound(f"mask {mask_id} not found")
         if not p.at_least("reviewer") and mask["annotator_id"] != p.annotator_id:
             task = self.store.get_task(mask["task_id"]) if mask["task_id"] is not None else None
             if task is None or task["annotator_id"] != p.annotator_id:
-                raise Forbidden(f"mask {mask_id} is not one of {p.annotator_id}'s")
+                raise NotFound(f"mask {mask_id} not found")  # as a missing one: ids cannot be probed
         return mask
 
     def history(self, p: Principal, mask_id: int) -> dict:

@@ -47,6 +47,13 @@ from typing import Any
 import numpy as np
 
 MAX_PROMPTS = 128
+
+
+def _is_number(v: object) -> bool:
+    """A real number: ints and floats (Python or NumPy), never a string or a boolean."""
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+
+
 _clock = time.monotonic  # the session timer (tests swap it)
 
 # Lane priorities, most urgent first: a click's first answer, its zoom-in refinement, a background prefetch.
@@ -313,10 +320,9 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------------------------- prompts
     def _check_point(self, x: float, y: float) -> tuple[float, float]:
-        try:
-            x, y = float(x), float(y)
-        except (TypeError, ValueError):
-            raise PromptError(f"point ({x!r}, {y!r}): coordinates must be numbers") from None
+        if not (_is_number(x) and _is_number(y)):
+            raise PromptError(f"point ({x!r}, {y!r}): coordinates must be numbers (not strings or booleans)")
+        x, y = float(x), float(y)
         if not (math.isfinite(x) and math.isfinite(y)):
             raise PromptError(f"point ({x}, {y}): coordinates must be finite")
         if not (0 <= x < self.width and 0 <= y < self.height):
@@ -353,10 +359,11 @@ class AnnotationSession:
         on_coarse: Callable[[MaskResult], None] | None = None,
     ) -> MaskResult:
         """Set (or replace) the box prompt; corners in any order, inside the image, at least 1 px each way."""
-        try:
-            coords = [float(v) for v in (x0, y0, x1, y1)]
-        except (TypeError, ValueError):
-            raise PromptError("box coordinates must be numbers") from None
+        if not all(_is_number(v) for v in (x0, y0, x1, y1)):
+            raise PromptError(
+                f"box ({x0!r}, {y0!r}, {x1!r}, {y1!r}): coordinates must be numbers (not strings or booleans)"
+            )
+        coords = [float(v) for v in (x0, y0, x1, y1)]
         if not all(math.isfinite(v) for v in coords):
             raise PromptError("box coordinates must be finite")
         x0, x1 = sorted(coords[0::2])

@@ -22,7 +22,7 @@ from ..io import atomic_write_json
 from . import rle as rle_utils
 from .corpus import ImageRecord, MaskCorpus
 from .errors import DataError, Quarantine
-from .images import DEFAULT_MAX_PIXELS, image_size, load_image, safe_join, safe_join_url
+from .images import DEFAULT_MAX_PIXELS, open_regular, safe_join, safe_join_url
 
 CATEGORIES = [{"id": 1, "name": "object", "supercategory": "object"}]
 
@@ -126,74 +126,31 @@ def _normalise_segmentation(file: str, where: str, seg: Any, h: int, w: int) -> 
                 raise DataError(file, where, f"segmentation[{k}]", f"polygon leaves the {w}x{h} image")
         return rle_utils.polygons_to_rle(seg, h, w)
     if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-            raise DataError(file, where, "segmentation.size", f"expected [height, width], got {size!r}")
-        if list(size) != [h, w]:
-            raise DataError(
-                file,
-                where,
-                "segmentation.size",
-                f"RLE size {list(size)} differs from its image's [height, width] [{h}, {w}]",
-            )
-        if isinstance(counts, list):
-            if not all(_is_int(v) and v >= 0 for v in counts):
-                raise DataError(
-                    file, where, "segmentation.counts", "uncompressed counts must be non-negative ints"
-                )
-            if sum(counts) != h * w:
-                raise DataError(
-                    file,
-                    where,
-                    "segmentation.counts",
-                    f"counts cover {sum(counts)} pixels, the image has {h * w}",
-                )
-            rle = rle_utils.encode(rle_utils.decode({"size": size, "counts": counts}))
-        elif isinstance(counts, str):
-            rle = {"size": [h, w], "counts": counts}
-            check_compressed_rle(file, where, rle)
-        else:
-            raise DataError(file, where, "segmentation.counts", "expected a string or a list of ints")
-        return rle
+        try:
+            rle_utils.check_rle(seg, h, w)
+        except rle_utils.RleError as e:
+            raise DataError(file, where, e.field, e.message) from None
+        if isinstance(seg["counts"], list):
+            return rle_utils.encode(rle_utils.decode({"size": [h, w], "counts": seg["counts"]}))
+        return {"size": [h, w], "counts": seg["counts"]}
     raise DataError(file, where, "segmentation", f"expected polygons or RLE, got {type(seg).__name__}")
 
 
 def check_compressed_rle(file: str, where: str, rle: dict) -> None:
-    """Reject compressed RLE strings whose runs do not cover exactly height x width pixels."""
-    counts = rle["counts"]
-    if not counts.isascii() or any(ord(c) < 48 or ord(c) > 111 for c in counts):
-        raise DataError(file, where, "segmentation.counts", "not a COCO compressed RLE string")
-    total = sum(decode_counts(counts))
+    """Reject a compressed RLE that pycocotools would read otherwise or whose runs do not cover the image."""
     h, w = rle["size"]
-    if total != h * w:
-        raise DataError(
-            file, where, "segmentation.counts", f"runs cover {total} pixels, the image has {h * w}"
-        )
+    try:
+        rle_utils.check_rle(rle, h, w)
+    except rle_utils.RleError as e:
+        raise DataError(file, where, e.field, e.message) from None
 
 
 def decode_counts(s: str) -> list[int]:
-    """Decode COCO's LEB128-like compressed counts string into run lengths (pure Python, for validation)."""
-    counts: list[int] = []
-    p = 0
-    n = len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise DataError("", "", "segmentation.counts", "truncated RLE string")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        if x < 0:
-            raise DataError("", "", "segmentation.counts", "negative run length")
-        counts.append(x)
-    return counts
+    """Run lengths of a compressed counts string (:func:`sam_engine.data.rle.counts_runs`, errors as DataError)."""
+    try:
+        return rle_utils.counts_runs(s)
+    except rle_utils.RleError as e:
+        raise DataError("", "", e.field, e.message) from None
 
 
 def _check_annotation(file: str, ann: Any, idx: int, images: dict[int, ImageRecord]) -> dict:
@@ -275,10 +232,16 @@ def load_coco(
         images_dir = str(storage.upath(images_dir))
     q = quarantine if quarantine is not None else Quarantine()
     try:
-        raw = storage.read_bytes(annotations_json) if remote_json else Path(file).read_bytes()
-        doc = json.loads(raw.decode("utf-8"))
+        if remote_json:
+            raw = storage.read_bytes(annotations_json)
+        else:
+            with open_regular(file, field="file") as f:  # a named pipe is refused, never read
+                raw = f.read()
+        doc = json.loads(raw.decode("utf-8-sig"))  # a leading UTF-8 BOM is allowed
     except FileNotFoundError as e:
         raise DataError(file, None, "file", "annotation file not found") from e
+    except DataError as e:
+        raise DataError(file, None, e.field, e.message) from e
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise DataError(file, None, "json", f"not valid JSON: {e}") from e
     if not isinstance(doc, dict):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,15 +16,43 @@ from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 64_000_000
+_BAND_PIXELS = 1 << 20  # high-bit-depth images are converted in bands of about this many pixels
+
+
+def open_regular(path: str | Path, field: str = "file_name") -> BinaryIO:
+    """Open a local file for reading, refusing (DataError) anything that is not a regular file.
+
+    The file is opened non-blocking and checked on the open descriptor, so a named pipe, a device or a folder is
+    refused before any read (a FIFO would block a plain ``open`` until a writer comes). Raises
+    FileNotFoundError when nothing is there.
+    """
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a named pipe"
+                if stat.S_ISFIFO(mode)
+                else "a folder"
+                if stat.S_ISDIR(mode)
+                else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket"
+                if stat.S_ISSOCK(mode)
+                else "not a regular file"
+            )
+            raise DataError(path, path.name, field, f"{kind}, not a regular file: refused before reading")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 0.0
-        scale = 65535.0 if img.mode.startswith("I;16") or hi > 255 else 255.0
-        arr8 = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(arr8[:, :, None], 3, axis=2)
+        return _high_depth_to_rgb8(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -30,11 +60,33 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _high_depth_to_rgb8(img: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit int or float grayscale to 8-bit RGB in row bands, so memory stays near the 3-byte output
+    (a float64 copy of a 64 MP image alone would be 512 MB)."""
+    w, h = img.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    if w == 0 or h == 0:
+        return out
+    lo_hi = img.getextrema()
+    hi = float(lo_hi[1]) if isinstance(lo_hi, tuple) else 0.0
+    scale = 65535.0 if img.mode.startswith("I;16") or hi > 255 else 255.0
+    rows = max(1, _BAND_PIXELS // w)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        band = np.array(img.crop((0, y0, w, y1)), dtype=np.float64)
+        band /= scale
+        band *= 255.0
+        band += 0.5
+        np.clip(band, 0, 255, out=band)
+        out[y0:y1] = band.astype(np.uint8)[:, :, None]
+    return out
+
+
 def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) after EXIF orientation, reading only the header; raises DataError on bad files."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             w, h = img.size
             _check_dims(path, w, h, max_pixels)  # before anything that could decode pixels
             orientation = _orientation(img)
@@ -77,7 +129,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             _check_dims(path, img.size[0], img.size[1], max_pixels)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -8,27 +8,36 @@ Per-image JSON::
 
 A shard is a tar of ``sa_<id>.jpg|png`` + ``sa_<id>.json`` pairs. Shards are written with sorted members and
 fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same inputs give the same bytes, into a hidden temp
-file that is renamed into place only when complete. Readers refuse unsafe member names and quarantine bad
-records while keeping the valid ones.
+file that is renamed into place only when complete. Readers stream a shard in one pass within
+:class:`ShardLimits`, quarantine unsafe, oversized or bad members and records while keeping the valid ones,
+check image members as images, and report a truncated shard as one error after the records read whole.
 """
 
 from __future__ import annotations
 
+import bz2
+import filecmp
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import math
 import os
 import re
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
+from . import rle as rle_utils
 from .corpus import ImageRecord, MaskCorpus
 from .errors import DataError, Quarantine
+from .images import DEFAULT_MAX_PIXELS, image_size, load_image, open_regular
 
 IMAGE_EXTS = ("jpg", "png")
 MEMBER_RE = re.compile(r"^sa_(\d+)\.(jpg|png|json)$")
@@ -96,30 +105,8 @@ def annotation(
 
 
 def rle_string_counts(counts: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (the inverse of pycocotools' string encoding)."""
-    out: list[int] = []
-    p = 0
-    n = len(counts)
-    while p < n:
-        x = 0
-        k = 0
-        more = True
-        while more:
-            if p >= n:
-                raise ValueError("truncated RLE string")
-            c = ord(counts[p]) - 48
-            if c < 0 or c > 63:
-                raise ValueError(f"invalid RLE character {counts[p]!r}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return out
+    """Run lengths of a compressed COCO RLE string as pycocotools reads them (:func:`rle.counts_runs`)."""
+    return rle_utils.counts_runs(counts)
 
 
 def _is_number(v: object) -> bool:
@@ -155,19 +142,12 @@ def validate_annotation(ann: object, width: int, height: int, file: str, index: 
     seg = ann["segmentation"]
     if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
         raise DataError(file, rid, "segmentation", "expected compressed RLE {size, counts}")
-    size = seg["size"]
-    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size):
-        raise DataError(file, rid, "segmentation.size", f"expected [h, w] integers, got {size!r}")
-    if size != [height, width]:
-        raise DataError(file, rid, "segmentation.size", f"RLE size {size} != image size [{height}, {width}]")
     if not isinstance(seg["counts"], str):
         raise DataError(file, rid, "segmentation.counts", "expected a compressed RLE string")
     try:
-        runs = rle_string_counts(seg["counts"])
-    except ValueError as e:
-        raise DataError(file, rid, "segmentation.counts", str(e)) from e
-    if any(r < 0 for r in runs) or sum(runs) != height * width:
-        raise DataError(file, rid, "segmentation.counts", f"run lengths do not cover {height}x{width} pixels")
+        rle_utils.check_rle(seg, height, width)
+    except rle_utils.RleError as e:
+        raise DataError(file, rid, e.field, e.message) from None
     _check_box(file, rid, "bbox", ann["bbox"], width, height)
     area = ann["area"]
     if not _is_number(area) or area <= 0:
@@ -241,12 +221,20 @@ def read_image_json(path: str | Path, quarantine: Quarantine | None = None) -> d
     """Read and validate one per-image JSON file (see :func:`validate_image_json`)."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_bytes())
+        with open_regular(path, field="file") as f:  # a named pipe or device is refused before reading
+            doc = _loads(f.read())
     except FileNotFoundError as e:
         raise DataError(path, path.name, "file", "file not found") from e
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
+        if isinstance(e, DataError):
+            raise
         raise DataError(path, path.name, "json", f"invalid JSON: {e}") from e
     return validate_image_json(doc, path, quarantine)
+
+
+def _loads(raw: bytes) -> object:
+    """JSON from UTF-8 bytes; a leading byte-order mark is allowed."""
+    return json.loads(raw.decode("utf-8-sig"))
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -341,7 +329,42 @@ def write_shard(path: str | Path, items: Iterable[ShardItem]) -> ShardInfo:
     )
 
 
-def _safe_member(tar_path: str, member: tarfile.TarInfo) -> str:
+# ---------------------------------------------------------------------------------------------- reading
+MAX_JSON_MEMBER_BYTES = 64 << 20
+MAX_IMAGE_MEMBER_BYTES = 256 << 20
+MAX_SHARD_BYTES = 64 << 30  # SA-1B's own shards hold about 11 GB
+MAX_SHARD_MEMBERS = 1_000_000  # SA-1B's own shards hold about 22 000
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+_IMAGE_SIGNATURES = {"png": b"\x89PNG\r\n\x1a\n", "jpg": b"\xff\xd8\xff"}
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """What reading one shard may cost: bytes per JSON and per image member, bytes of the whole shard after
+    decompression (member headers included), members per shard, and pixels per image."""
+
+    json_member_bytes: int = MAX_JSON_MEMBER_BYTES
+    image_member_bytes: int = MAX_IMAGE_MEMBER_BYTES
+    shard_bytes: int = MAX_SHARD_BYTES
+    members: int = MAX_SHARD_MEMBERS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class _TarInfo(tarfile.TarInfo):
+    """Remembers on its archive why reading headers stopped: only a zero block is a proper end of archive
+    (``tarfile`` ends silently on a missing or cut header, which is how a truncated shard looks)."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as e:
+            tarfile_.stop_reason = e  # type: ignore[attr-defined]
+            raise
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a member must not be read (None when it is a plainly named regular file)."""
     name = member.name
     pure = PurePosixPath(name)
     if (
@@ -351,73 +374,254 @@ def _safe_member(tar_path: str, member: tarfile.TarInfo) -> str:
         or "\\" in name
         or ":" in name
     ):
-        raise DataError(tar_path, name, "member", "unsafe member name (absolute or '..')")
-    if not member.isfile():
-        raise DataError(tar_path, name, "member", "not a regular file (links and devices are refused)")
-    return name
+        return "unsafe member name (absolute or '..')"
+    if not member.isfile() or member.issparse():
+        return "not a regular file (links, devices and folders are refused)"
+    return None
 
 
-def iter_shard(path: str | Path, quarantine: Quarantine | None = None) -> Iterator[tuple[dict, str, bytes]]:
-    """Yield ``(document, image member name, image bytes)`` for each valid image of a shard, by image id.
+def _decompressed(f: IO[bytes]) -> IO[bytes]:
+    """The tar stream inside a plain, gzip, bzip2 or xz file. The standard readers return at most what is
+    asked for, so a highly compressed member never expands in memory at once (``tarfile``'s own stream mode
+    decompresses each block whole)."""
+    magic = f.read(6)
+    f.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(f, mode="rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f, mode="rb")
+    return f
 
-    Unsafe member names raise DataError. Unpaired members, unknown names and bad documents go to
-    ``quarantine`` (raised when it is None).
-    """
-    path = Path(path)
-    tar_path = str(path)
-    q = quarantine
 
-    def reject(err: DataError) -> None:
-        if q is None:
-            raise err
-        q.add(err)
-
+def _spool(src: IO[bytes], folder: Path, name: str, size: int, head: bytes) -> Path:
+    """Copy one member (``head``: its first bytes, already read) into a hidden temp file in ``folder``;
+    ReadError if fewer than ``size`` bytes arrive."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    copied = len(head)
     try:
-        tar = tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(tar_path, path.name, "file", f"cannot open tar: {e}") from e
-    with tar:
-        images: dict[int, tarfile.TarInfo] = {}
-        jsons: dict[int, tarfile.TarInfo] = {}
-        for member in tar.getmembers():
-            name = _safe_member(tar_path, member)
-            m = MEMBER_RE.match(name)
-            if not m:
-                reject(DataError(tar_path, name, "member", "not an sa_<id>.jpg|png|json member"))
-                continue
-            image_id = int(m.group(1))
-            target = jsons if m.group(2) == "json" else images
-            if image_id in target:
-                reject(DataError(tar_path, name, "member", "duplicate member for this image id"))
-                continue
-            target[image_id] = member
-        for image_id in sorted(set(images) | set(jsons)):
-            if image_id not in jsons or image_id not in images:
-                missing = "json" if image_id not in jsons else "image"
-                reject(DataError(tar_path, f"sa_{image_id}", missing, f"{missing} member missing"))
-                continue
-            jname = jsons[image_id].name
-            where = f"{tar_path}:{jname}"
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            while copied < size:
+                chunk = src.read(min(1 << 20, size - copied))
+                if not chunk:
+                    break
+                f.write(chunk)
+                copied += len(chunk)
+        if copied != size:
+            raise tarfile.ReadError("unexpected end of data")
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+class _ShardScan:
+    """One streaming pass over a shard: members are read in archive order, each within its bound, and a record
+    is checked as soon as both its JSON and its image have arrived."""
+
+    def __init__(
+        self,
+        path: Path,
+        quarantine: Quarantine | None,
+        spool_dir: Path | None,
+        limits: ShardLimits,
+        verify_images: bool,
+    ) -> None:
+        self.path = path
+        self.shard = str(path)
+        self.q = quarantine
+        self.spool_dir = spool_dir
+        self.limits = limits
+        self.verify = verify_images
+        self.jsons: dict[int, tuple[str, bytes]] = {}
+        self.images: dict[int, tuple[str, Path | None]] = {}
+        self.refused: set[int] = set()  # ids with a member refused (unsafe, oversized, duplicate)
+        self.done: list[tuple[int, dict, str, Path | None]] = []
+        self.last: str | None = None  # the last member read whole
+
+    def reject(self, err: DataError) -> None:
+        if self.q is None:
+            raise err
+        self.q.add(err)
+
+    def spooled(self) -> list[Path]:
+        paths = [p for _, _, _, p in self.done] + [p for _, p in self.images.values()]
+        return [p for p in paths if p is not None]
+
+    def run(self) -> list[tuple[int, dict, str, Path | None]]:
+        try:
+            with open_regular(self.path, field="file") as f:
+                self._read(f)
+        except FileNotFoundError as e:
+            raise DataError(self.shard, self.path.name, "file", "shard not found") from e
+        except OSError as e:
+            raise DataError(self.shard, self.path.name, "file", f"cannot open shard: {e}") from e
+        except BaseException:
+            for p in self.spooled():
+                p.unlink(missing_ok=True)
+            raise
+        for image_id in sorted(set(self.jsons) | set(self.images)):
+            missing = "json" if image_id not in self.jsons else "image"
+            why = "refused (see its member error)" if image_id in self.refused else "missing"
+            self.reject(DataError(self.shard, f"sa_{image_id}", missing, f"{missing} member {why}"))
+        for _, spool in self.images.values():
+            if spool is not None:
+                spool.unlink(missing_ok=True)
+        self.jsons.clear()
+        self.images.clear()
+        return sorted(self.done, key=lambda d: d[0])
+
+    def _read(self, f: IO[bytes]) -> None:
+        try:
+            tar = tarfile.open(fileobj=_decompressed(f), mode="r|", tarinfo=_TarInfo)
+        except _TAR_ERRORS as e:
+            self.reject(DataError(self.shard, self.path.name, "file", f"not a readable tar: {e}"))
+            return
+        with tar:
             try:
-                raw = tar.extractfile(jsons[image_id]).read()  # type: ignore[union-attr]
-                try:
-                    doc = json.loads(raw)
-                except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
-                    raise DataError(where, jname, "json", f"invalid JSON: {e}") from e
-                doc = validate_image_json(doc, where, q)
-                if doc["image"]["image_id"] != image_id:
-                    raise DataError(where, image_id, "image.image_id", "does not match the member name")
-                if doc["image"]["file_name"] != images[image_id].name:
-                    raise DataError(where, image_id, "image.file_name", "does not match the image member")
-            except DataError as e:
-                reject(e)
+                complete = self._members(tar)
+                if complete and not isinstance(getattr(tar, "stop_reason", None), tarfile.EOFHeaderError):
+                    raise tarfile.ReadError("the archive ends without its end-of-archive block")
+            except _TAR_ERRORS as e:
+                where = f"after member {self.last!r}" if self.last else "before its first member"
+                record = self.last or self.path.name
+                self.reject(
+                    DataError(self.shard, record, "file", f"truncated or unreadable tar {where}: {e}")
+                )
+
+    def _members(self, tar: tarfile.TarFile) -> bool:
+        """Read every member; False when a bound stopped the pass early (the end is then not checked)."""
+        lim = self.limits
+        total = count = 0
+        seen: set[str] = set()
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # a stream pass needs no index of what it has read
+            name = member.name
+            count += 1
+            total += tarfile.BLOCKSIZE + member.size
+            if count > lim.members or total > lim.shard_bytes:
+                bound = f"{lim.members} members" if count > lim.members else f"{lim.shard_bytes} bytes"
+                self.reject(DataError(self.shard, name, "file", f"shard over {bound}: the rest is not read"))
+                return False
+            m = MEMBER_RE.match(name)
+            problem = _member_problem(member)
+            if problem is None and m is None:
+                problem = "not an sa_<id>.jpg|png|json member"
+            elif problem is None and name in seen:
+                problem = "duplicate member (the first one is kept)"
+            elif problem is None and m is not None:
+                limit = lim.json_member_bytes if m.group(2) == "json" else lim.image_member_bytes
+                if member.size > limit:
+                    problem = f"member of {member.size} bytes, over the {limit}-byte limit for its kind"
+            if problem is not None or m is None:
+                owner = MEMBER_RE.match(PurePosixPath(name).name)
+                if owner is not None and name not in seen:
+                    self.refused.add(int(owner.group(1)))
+                self.reject(DataError(self.shard, name, "member", problem or "not an sa_<id> member"))
                 continue
-            data = tar.extractfile(images[image_id]).read()  # type: ignore[union-attr]
-            yield doc, images[image_id].name, data
+            seen.add(name)
+            image_id = int(m.group(1))
+            src = tar.extractfile(member)
+            if src is None:  # not reached: regular files always have a reader
+                raise tarfile.ReadError(f"no data for member {name!r}")
+            if m.group(2) == "json":
+                data = src.read(member.size)
+                if len(data) != member.size:
+                    raise tarfile.ReadError("unexpected end of data")
+                self.jsons[image_id] = (name, data)
+            elif self.spool_dir is None:  # records only: the image is not read
+                self.images[image_id] = (name, None)
+            else:
+                signature = _IMAGE_SIGNATURES[m.group(2)]
+                head = src.read(len(signature))
+                if head != signature:  # e.g. a run of zeros: refused before it costs disk or memory
+                    self.refused.add(image_id)
+                    self.reject(DataError(self.shard, name, "image", f"not a {m.group(2).upper()} file"))
+                    continue
+                self.images[image_id] = (name, _spool(src, self.spool_dir, name, member.size, head))
+            self.last = name
+            if image_id in self.jsons and image_id in self.images:
+                self._record(image_id)
+        return True
+
+    def _record(self, image_id: int) -> None:
+        jname, raw = self.jsons.pop(image_id)
+        iname, spool = self.images.pop(image_id)
+        where = f"{self.shard}:{jname}"
+        try:
+            try:  # JSONDecodeError, huge ints and deep nesting are all "invalid JSON"
+                doc = _loads(raw)
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                raise DataError(where, jname, "json", f"invalid JSON: {e}") from e
+            doc = validate_image_json(doc, where, self.q)
+            if doc["image"]["image_id"] != image_id:
+                raise DataError(where, image_id, "image.image_id", "does not match the member name")
+            if doc["image"]["file_name"] != iname:
+                raise DataError(where, image_id, "image.file_name", "does not match the image member")
+            if spool is not None:
+                self._check_image(iname, spool, doc)
+        except DataError as e:
+            if spool is not None:
+                spool.unlink(missing_ok=True)
+            self.reject(e)
+            return
+        self.done.append((image_id, doc, iname, spool))
+
+    def _check_image(self, name: str, spool: Path, doc: dict) -> None:
+        """The image rules of every reader (header, pixel limit, optionally a full decode), on the spooled copy."""
+        where = f"{self.shard}:{name}"
+        image_id = doc["image"]["image_id"]
+        try:
+            w, h = image_size(spool, self.limits.max_pixels)
+            if self.verify:
+                load_image(spool, self.limits.max_pixels)
+        except DataError as e:
+            raise DataError(where, image_id, e.field, e.message.replace(str(spool), name)) from None
+        if (w, h) != (doc["image"]["width"], doc["image"]["height"]):
+            raise DataError(
+                where,
+                image_id,
+                "image.width/height",
+                f"JSON says {doc['image']['width']}x{doc['image']['height']} but the image is {w}x{h}",
+            )
+
+
+def iter_shard(
+    path: str | Path,
+    quarantine: Quarantine | None = None,
+    *,
+    spool_dir: str | Path | None = None,
+    limits: ShardLimits = ShardLimits(),
+    verify_images: bool = False,
+) -> Iterator[tuple[dict, str, Path | None]]:
+    """Yield ``(document, image member name, spooled image file or None)`` for each valid image, by image id.
+
+    The shard (plain, gzip, bzip2 or xz tar) is read as a stream in one pass, every member within ``limits``.
+    With ``spool_dir`` each image member is copied there (a hidden temp file the caller moves or deletes) and
+    checked like any image (header, pixel limit, size against its JSON; a full decode with ``verify_images``);
+    without it images are skipped unread. Unsafe members (absolute, ``..``, links, devices), oversized, unknown
+    or duplicate members, unpaired members, bad documents and bad images go to ``quarantine`` and the other
+    records are kept; a truncated or corrupt archive is one more quarantined error after the records read
+    whole before it. With ``quarantine`` None the first problem raises; a shard file that is missing or not a
+    regular file (a named pipe) always raises. Every error names shard and member.
+    """
+    scan = _ShardScan(
+        Path(path), quarantine, None if spool_dir is None else Path(spool_dir), limits, verify_images
+    )
+    done = scan.run()
+    try:
+        for _, doc, name, spool in done:
+            yield doc, name, spool
+    finally:
+        for _, _, _, spool in done:
+            if spool is not None:
+                spool.unlink(missing_ok=True)  # a spool the caller did not take
 
 
 def read_shard_records(path: str | Path, quarantine: Quarantine | None = None) -> list[dict]:
-    """The valid per-image documents of a shard, by image id."""
+    """The valid per-image documents of a shard, by image id (image members are not read)."""
     return [doc for doc, _, _ in iter_shard(path, quarantine)]
 
 
@@ -435,48 +639,88 @@ def default_cache_dir(path: str | Path) -> Path:
 
 
 def read_shard(
-    path: str | Path, cache_dir: str | Path | None = None, quarantine: Quarantine | None = None
+    path: str | Path,
+    cache_dir: str | Path | None = None,
+    quarantine: Quarantine | None = None,
+    *,
+    limits: ShardLimits = ShardLimits(),
+    verify_images: bool = False,
 ) -> MaskCorpus:
-    """Read a shard into a MaskCorpus, extracting its images to ``cache_dir`` (see :func:`default_cache_dir`)."""
-    from sam_engine.io import atomic_write_bytes
+    """Read a shard into a MaskCorpus, its checked images moved into ``cache_dir`` (see :func:`default_cache_dir`).
 
+    Bad members and records, and a shard that is not a readable tar, go to the quarantine (see
+    :func:`iter_shard`); a shard file that is missing or not a regular file raises DataError. Only images that
+    passed the checks reach the cache, each by an atomic rename.
+    """
     path = Path(path)
     q = quarantine if quarantine is not None else Quarantine()
-    out = Path(cache_dir) if cache_dir is not None else default_cache_dir(path)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = Path(cache_dir) if cache_dir is not None else default_cache_dir(path)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(path, path.name, "file", f"cannot read shard or make its cache: {e}") from e
     images: list[ImageRecord] = []
     annotations: dict[int, list[dict]] = {}
-    for doc, name, data in iter_shard(path, q):
+    for doc, name, spool in iter_shard(path, q, spool_dir=out, limits=limits, verify_images=verify_images):
+        assert spool is not None
         target = out / name
-        if not target.exists() or target.stat().st_size != len(data) or target.read_bytes() != data:
-            atomic_write_bytes(target, data)
+        if target.is_file() and not target.is_symlink() and filecmp.cmp(target, spool, shallow=False):
+            spool.unlink()  # the cache already holds these bytes
+        else:
+            os.replace(spool, target)
         img = doc["image"]
         images.append(ImageRecord(img["image_id"], target.resolve(), img["width"], img["height"], name))
         annotations[img["image_id"]] = _corpus_annotations(doc)
     return MaskCorpus(images=images, annotations=annotations, quarantine=q, source=str(path))
 
 
-def read_folder_records(folder: str | Path, quarantine: Quarantine | None = None) -> list[tuple[dict, Path]]:
-    """Valid ``(document, image path)`` pairs of a folder of ``sa_<id>.json`` + image files, by image id."""
+def _inside(root: Path, path: Path, file: Path, record: object, field: str) -> Path:
+    """``path`` resolved; DataError when it (a symbolic link) leads out of ``root``."""
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise DataError(file, record, field, f"{path.name!r} is a symbolic link out of the folder")
+    return resolved
+
+
+def read_folder_records(
+    folder: str | Path, quarantine: Quarantine | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[tuple[dict, Path]]:
+    """Valid ``(document, image path)`` pairs of a folder of ``sa_<id>.json`` + image files, by image id.
+
+    Files are read only when they are regular files inside the folder (a symbolic link out of it, a named
+    pipe or a device is refused), and each image is checked like any image (header, pixel limit, size
+    against its JSON).
+    """
     folder = Path(folder)
+    root = folder.resolve()
     q = quarantine
     out = []
     jsons = sorted(folder.glob("sa_*.json"), key=lambda p: (len(p.stem), p.stem))
     for jpath in jsons:
         try:
+            _inside(root, jpath, jpath, jpath.name, "file")
             doc = read_image_json(jpath, q)
-            name = doc["image"]["file_name"]
-            ipath = folder / name
-            if not ipath.is_file():
+            image_id, name = doc["image"]["image_id"], doc["image"]["file_name"]
+            ipath = _inside(root, folder / name, jpath, image_id, "image.file_name")
+            if not ipath.exists():
+                raise DataError(jpath, image_id, "image.file_name", f"image {name!r} not found")
+            try:
+                w, h = image_size(ipath, max_pixels)
+            except DataError as e:
+                raise DataError(ipath, image_id, e.field, e.message) from None
+            if (w, h) != (doc["image"]["width"], doc["image"]["height"]):
                 raise DataError(
-                    jpath, doc["image"]["image_id"], "image.file_name", f"image {name!r} not found"
+                    jpath,
+                    image_id,
+                    "image.width/height",
+                    f"JSON says {doc['image']['width']}x{doc['image']['height']} but {name!r} is {w}x{h}",
                 )
         except DataError as e:
             if q is None:
                 raise
             q.add(e)
             continue
-        out.append((doc, ipath.resolve()))
+        out.append((doc, ipath))
     return out
 
 
@@ -498,13 +742,18 @@ def read_folder(folder: str | Path, quarantine: Quarantine | None = None) -> Mas
 def read_shards(
     paths: Iterable[str | Path], cache_dir: str | Path | None = None, quarantine: Quarantine | None = None
 ) -> MaskCorpus:
-    """Read several shards into one MaskCorpus; a repeated image id is quarantined."""
+    """Read several shards into one MaskCorpus; a repeated image id is quarantined, and so is a shard that
+    cannot be opened at all (the other shards are still read)."""
     q = quarantine if quarantine is not None else Quarantine()
     images: list[ImageRecord] = []
     annotations: dict[int, list[dict]] = {}
     sources = []
     for p in paths:
-        sub = read_shard(p, None if cache_dir is None else Path(cache_dir) / Path(p).stem, q)
+        try:
+            sub = read_shard(p, None if cache_dir is None else Path(cache_dir) / Path(p).stem, q)
+        except DataError as e:
+            q.add(e)
+            continue
         sources.append(str(p))
         for rec in sub.images:
             if rec.image_id in annotations:

@@ -153,42 +153,16 @@ def _json_default(value: Any) -> Any:
 
 
 def rle_counts(counts: str | bytes | list[int]) -> list[int]:
-    """Run lengths of a COCO RLE ``counts`` field (compressed text or list), parsed without pycocotools."""
+    """Run lengths of a COCO RLE ``counts`` field (compressed text as pycocotools reads it, or a list)."""
     if isinstance(counts, list):
         return [int(c) for c in counts]
-    text = counts.decode("ascii") if isinstance(counts, bytes) else counts
-    out: list[int] = []
-    p, n = 0, len(text)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated RLE counts")
-            c = ord(text[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"invalid character {text[p]!r} in RLE counts")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return out
+    return rle_utils.counts_runs(counts)
 
 
 def validate_rle(rle: object, height: int, width: int) -> None:
-    """Raise ValueError unless ``rle`` is a COCO RLE of an ``height`` x ``width`` mask whose runs add up."""
-    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise ValueError("expected a COCO RLE dict with 'size' and 'counts'")
-    size = [int(v) for v in rle["size"]]
-    if size != [height, width]:
-        raise ValueError(f"RLE size {size} != image size [{height}, {width}]")
-    counts = rle_counts(rle["counts"])
-    if any(c < 0 for c in counts) or sum(counts) != height * width:
-        raise ValueError(f"RLE runs add up to {sum(counts)} pixels, the image has {height * width}")
+    """Raise ValueError unless ``rle`` is a COCO RLE of a ``height`` x ``width`` mask that pycocotools decodes
+    exactly as written (:func:`sam_engine.data.rle.check_rle`, the check of every entry point)."""
+    rle_utils.check_rle(rle, height, width)
 
 
 def _check_choice(value: Any, allowed: tuple[str, ...], field: str, record: Any = None) -> None:
@@ -798,9 +772,10 @@ class QualityStore:
         if image is None:
             raise DataError("masks", f.get("request_id"), "image_id", f"image {image_id} is not in the store")
         try:
-            validate_rle(rle, image[1], image[0])
+            runs = rle_utils.check_rle(rle, image[1], image[0])
         except (ValueError, TypeError) as exc:
-            raise DataError("masks", f.get("request_id"), "segmentation", str(exc)) from None
+            where = f"{exc.field}: " if isinstance(exc, rle_utils.RleError) else ""
+            raise DataError("masks", f.get("request_id"), "segmentation", f"{where}{exc}") from None
         if isinstance(rle["counts"], list):  # store uncompressed RLE in the compressed form
             rle = rle_utils.encode(rle_utils.decode(rle))
         size = [int(v) for v in rle["size"]]
@@ -808,6 +783,9 @@ class QualityStore:
         bbox = rle_utils.bbox_xywh(rle)
         if area <= 0:
             raise DataError("masks", f.get("request_id"), "segmentation", "empty mask")
+        # not reached (check_rle admits only what pycocotools reads as written): the last guard
+        if area != sum(runs[1::2]):
+            raise DataError("masks", f.get("request_id"), "segmentation", "pycocotools reads another mask")
         counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
         mask_id = int(conn.execute("SELECT nextval('mask_id_seq')").fetchone()[0])
         root = f["root"] if f["root"] is not None else mask_id
