@@ -106,17 +106,22 @@ def test_mlflow_has_a_run_and_registered_version_per_model(engine_run):
         assert mv.run_id == run.info.run_id
 
 
-def test_a_regressing_model_stops_the_engine(tmp_path, monkeypatch):
+def test_a_regressing_model_stops_the_engine(engine_run, tmp_path, monkeypatch):
     """The gate is blocking: a v1 that fails it (here: a tolerance no model can meet) stops the run before stage 2,
-    and the check says which metric regressed."""
+    and the check says which metric regressed. Runs on a copy of the smoke run's data folder (its models and
+    evaluations are reused: the gate's tolerances are not part of their keys), with a fresh Dagster instance."""
+    import shutil
+
     from dagster import AssetCheckKey
 
     from jobs import run_engine
 
-    overrides = json.dumps({"data_dir": str(tmp_path), "eval": {"regression_tolerance": -1.0}})
+    data = tmp_path / "data"
+    shutil.copytree(engine_run[0], data, ignore=shutil.ignore_patterns("dagster_home"))
+    overrides = json.dumps({"data_dir": str(data), "eval": {"regression_tolerance": -1.0}})
     with DagsterInstance.ephemeral() as instance:
         monkeypatch.setattr(DagsterInstance, "get", staticmethod(lambda: instance))
-        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+        monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster_home"))
         with pytest.raises(SystemExit) as stopped:
             run_engine.main(["--profile", "smoke", "--overrides", overrides])
         assert stopped.value.code == 1

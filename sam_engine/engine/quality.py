@@ -19,6 +19,7 @@ STAGE_COLUMNS = [
     "seconds_per_mask",
     "manual_fix_share",
     "auto_accept_share",
+    "review_accept_share",
 ]
 
 
@@ -26,8 +27,11 @@ def quality_by_stage(
     store, shards: list[dict] | None = None, gold_ids: set[int] | frozenset = frozenset()
 ) -> pd.DataFrame:
     """Per stage: images, accepted masks, masks per image, human clicks and modelled seconds per human mask,
-    share of masks accepted automatically (stage 2 model masks; stage 3 is all automatic)."""
+    share of masks accepted automatically (stage-2 model masks no reviewer saw; stage 3 is all automatic) and
+    share of model masks a reviewer accepted."""
     masks = store.masks(status="accepted")
+    reviews = store.reviews()
+    reviewed = set(reviews["mask_id"].astype(int)) if len(reviews) else set()
     rows = []
     for stage in (1, 2):
         m = masks[(masks["stage"] == stage) & ~masks["image_id"].isin(gold_ids)] if len(masks) else masks
@@ -38,7 +42,9 @@ def quality_by_stage(
         else:
             final = m
         human = m[m["source"] == "human"] if len(m) else m
-        auto = final[final["source"] == "model"] if len(final) else final
+        model = final[final["source"] == "model"] if len(final) else final
+        # accepted with no person in the loop: a model mask a reviewer accepted is reviewed, not automatic
+        auto = model[~model["mask_id"].astype(int).isin(reviewed)] if len(model) else model
         rows.append(
             {
                 "stage": stage,
@@ -52,6 +58,7 @@ def quality_by_stage(
                 "seconds_per_mask": float(human["seconds"].mean()) if len(human) else float("nan"),
                 "manual_fix_share": float(human["manual_fix"].mean()) if len(human) else float("nan"),
                 "auto_accept_share": float(len(auto) / len(final)) if len(final) else 0.0,
+                "review_accept_share": float((len(model) - len(auto)) / len(final)) if len(final) else 0.0,
             }
         )
     if shards:
@@ -69,6 +76,7 @@ def quality_by_stage(
                 "seconds_per_mask": float("nan"),
                 "manual_fix_share": float("nan"),
                 "auto_accept_share": 1.0 if n_masks else float("nan"),
+                "review_accept_share": 0.0 if n_masks else float("nan"),
             }
         )
     return pd.DataFrame(rows, columns=STAGE_COLUMNS)
