@@ -309,6 +309,27 @@ def test_gpu_batches_several_images_per_encoder_call(smoke_cfg):
     )
 
 
+def test_amg_crop_layer_comes_from_the_stages_config(smoke_cfg):
+    """The stages' crop settings reach the generator: the default config prompts one layer of crops with half
+    the points per side; the smoke profile none."""
+    from sam_engine.config import EngineConfig
+    from sam_engine.engine.models import amg_params
+
+    assert amg_params(Workspace(smoke_cfg)).crop_n_layers == 0
+    default = amg_params(Workspace(EngineConfig(data_dir=smoke_cfg.data_dir)))
+    assert (default.crop_n_layers, default.crop_n_points_downscale_factor) == (1, 2)
+    assert [len(g) for g in default.layer_grids()] == [16 * 16, 8 * 8]
+    cfg = smoke_cfg.model_copy(
+        update={
+            "stages": smoke_cfg.stages.model_copy(
+                update={"amg_crop_n_layers": 2, "amg_crop_points_downscale": 4}
+            )
+        }
+    )
+    params = amg_params(Workspace(cfg))
+    assert (params.crop_n_layers, params.crop_n_points_downscale_factor) == (2, 4)
+
+
 # --------------------------------------------------------------------------------------------- training
 def _corpus() -> MaskCorpus:
     rle = {"size": [4, 4], "counts": "04L4"}

@@ -367,6 +367,8 @@ def amg_params(ws: Workspace):
         pred_iou_thresh=s.amg_pred_iou_thresh,
         stability_score_thresh=s.amg_stability_score_thresh,
         top_points_fraction=s.amg_top_points_fraction,
+        crop_n_layers=s.amg_crop_n_layers,
+        crop_n_points_downscale_factor=s.amg_crop_points_downscale,
         snap_scale=SNAP_SCALE if ws.cfg.model.snap else None,
     )
 

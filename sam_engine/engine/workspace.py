@@ -25,6 +25,8 @@ from ..tracking import TrackingSettings
 if TYPE_CHECKING:
     import torch
 
+WRITER_IDLE_RELEASE_S = 0.5  # a Dagster step's store closes the file after this many idle seconds
+WRITER_MAX_HOLD_S = 2.0  # ... and gives it up after this long when another process asks (as the server does)
 CHECKPOINT_URL = "checkpoint_url"  # key in ModelRef.data: where models_url holds the version's checkpoint
 
 
@@ -43,8 +45,10 @@ class Workspace:
         return TrackingSettings.from_config(self.cfg)
 
     def open_store(self, read_only: bool = False):
-        """The DuckDB store, to use in a ``with`` block. A writer releases the file after every call
-        (``idle_release_s=0``); a reader (:func:`~sam_engine.quality.store.connect_read_only`) keeps it for one
+        """The DuckDB store, to use in a ``with`` block. A writer keeps the file through a burst of calls and
+        releases it after :data:`WRITER_IDLE_RELEASE_S` idle seconds, or after :data:`WRITER_MAX_HOLD_S` when
+        another process asked for a turn (opening the file costs about 30 ms here, and a stage makes thousands
+        of calls); a reader (:func:`~sam_engine.quality.store.connect_read_only`) keeps it for one
         short burst of calls, so a read pass takes one turn. Both ask a busy holder (the annotation server) for a
         turn, so Dagster steps, the server and readers take turns under DuckDB's single-writer rule."""
         from ..quality.store import QualityStore, connect_read_only
@@ -52,7 +56,9 @@ class Workspace:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if read_only:
             return connect_read_only(self.cfg.duckdb_path)
-        return QualityStore(self.cfg.duckdb_path, idle_release_s=0)
+        return QualityStore(
+            self.cfg.duckdb_path, idle_release_s=WRITER_IDLE_RELEASE_S, max_hold_s=WRITER_MAX_HOLD_S
+        )
 
     # corpora -----------------------------------------------------------------------------------
     @cached_property
