@@ -55,6 +55,21 @@ def model_metadata(ref: ModelRef) -> dict:
     return meta
 
 
+def picture_metadata(ws: Workspace, ref: ModelRef, log=None) -> dict:
+    """The model's pictures as Markdown images: its masks on gold images, its training curve where there is one
+    (``sam_engine.engine.model_pictures``). A picture that cannot be made is logged and left out."""
+    from sam_engine.engine.model_pictures import markdown_png, model_pictures
+
+    try:
+        pictures = model_pictures(ws, ref)
+    except Exception as exc:  # a picture must never fail the model it shows
+        if log is not None:
+            log.warning(f"{ref.name}: no pictures ({exc!r})")
+        return {}
+    titles = {"gold_overlays": f"{ref.name} on gold images", "training_curve": f"{ref.name} training"}
+    return {k: MetadataValue.md(markdown_png(p, titles[k])) for k, p in pictures.items()}
+
+
 def numeric(d: dict) -> dict:
     """Only the finite numeric entries of a dict (for metadata)."""
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and math.isfinite(float(v))}

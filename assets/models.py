@@ -15,7 +15,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._common import model_metadata, numeric, workspace
+from assets._common import model_metadata, numeric, picture_metadata, workspace
 from jobs.resources import EngineResource
 from sam_engine.data.corpora import load_public
 from sam_engine.engine import human_stage
@@ -43,11 +43,27 @@ def model_v0(context: AssetExecutionContext, engine: EngineResource) -> Output[M
     released = released_version(ws, "model_v0", log_fn=context.log.info)
     if released is not None:
         ref, _ = released
-        return Output(ref, metadata={**model_metadata(ref), "trained_now": False, "released": True})
+        return Output(
+            ref,
+            metadata={
+                **model_metadata(ref),
+                **picture_metadata(ws, ref, context.log),
+                "trained_now": False,
+                "released": True,
+            },
+        )
     train = load_public(ws.cfg, "train")
     val = load_public(ws.cfg, "val") if not ws.cfg.corpus.public_coco_json else None
     ref, trained = train_version(ws, "model_v0", train, None, val_corpus=val, log_fn=context.log.info)
-    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained, "released": False})
+    return Output(
+        ref,
+        metadata={
+            **model_metadata(ref),
+            **picture_metadata(ws, ref, context.log),
+            "trained_now": trained,
+            "released": False,
+        },
+    )
 
 
 def _store_masks_corpus(ws, stages: list[int]):
@@ -68,7 +84,10 @@ def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: M
     ref, trained = train_version(
         ws, "model_v1", _store_masks_corpus(ws, [1]), model_v0, log_fn=context.log.info
     )
-    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained})
+    return Output(
+        ref,
+        metadata={**model_metadata(ref), **picture_metadata(ws, ref, context.log), "trained_now": trained},
+    )
 
 
 @asset(
@@ -82,7 +101,10 @@ def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: M
     ref, trained = train_version(
         ws, "model_v2", _store_masks_corpus(ws, [1, 2]), model_v1, log_fn=context.log.info
     )
-    return Output(ref, metadata={**model_metadata(ref), "trained_now": trained})
+    return Output(
+        ref,
+        metadata={**model_metadata(ref), **picture_metadata(ws, ref, context.log), "trained_now": trained},
+    )
 
 
 @asset(
@@ -111,6 +133,7 @@ def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: M
         ref,
         metadata={
             **model_metadata(ref),
+            **picture_metadata(ws, ref, context.log),
             "trained_now": trained,
             "carried_from": ref.data.get("carried_from") or "",
             "shard_images": len(shards.images),
@@ -154,6 +177,7 @@ def _eval_asset(version: int):
                 "model": model.name,
                 "registered_version": model.registered_version or "",
                 "by_region": MetadataValue.json(json.loads(json.dumps(by_region, default=float))),
+                **picture_metadata(ws, model, context.log),
             },
         )
 

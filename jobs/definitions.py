@@ -8,7 +8,14 @@ from dagster import (
 )
 
 from assets import corpora, fully_automatic, human_stages, models, quality
-from jobs.engine_jobs import drift_job, retrain_stage1_job, retrain_stage2_job, stage3_shards_job
+from jobs.engine_jobs import (
+    drift_job,
+    engine_downstream_job,
+    engine_upstream_job,
+    retrain_stage1_job,
+    retrain_stage2_job,
+    stage3_shards_job,
+)
 from jobs.executors import stage3_shards_dask_job
 from jobs.resources import EngineResource
 from jobs.sensors import drift_schedule, retrain_sensor
@@ -18,7 +25,15 @@ ASSET_MODULES = [corpora, models, human_stages, fully_automatic, quality]
 defs = Definitions(
     assets=load_assets_from_modules(ASSET_MODULES),
     asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
-    jobs=[retrain_stage1_job, retrain_stage2_job, stage3_shards_job, stage3_shards_dask_job, drift_job],
+    jobs=[
+        engine_upstream_job,
+        stage3_shards_job,
+        engine_downstream_job,
+        retrain_stage1_job,
+        retrain_stage2_job,
+        stage3_shards_dask_job,
+        drift_job,
+    ],
     sensors=[retrain_sensor],
     schedules=[drift_schedule],
     resources={"engine": EngineResource()},

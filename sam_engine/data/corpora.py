@@ -76,11 +76,13 @@ def _job(args: tuple) -> tuple[dict, list[dict]]:
 
 def _run_jobs(jobs: list[tuple], workers: int, desc: str) -> list[tuple[dict, list[dict]]]:
     if workers <= 1 or len(jobs) < 64:
-        return [_job(j) for j in tqdm(jobs, desc=desc, leave=False)]
+        return [_job(j) for j in tqdm(jobs, desc=desc, leave=False, disable=None)]
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     pool = ctx.Pool(workers, initializer=_plain_signals)
     try:
-        out = list(tqdm(pool.imap(_job, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False))
+        out = list(
+            tqdm(pool.imap(_job, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False, disable=None)
+        )
     except BaseException:
         pool.terminate()
         raise
@@ -227,7 +229,10 @@ def extra_public_images(cfg: EngineConfig, count: int, folder: Path) -> tuple[Pa
     tmp = _staging(folder)
     start = c.public_images
     results = _run_jobs(
-        [(PUBLIC, cfg.seed, i, tuple(c.public_size), c.regions, tmp / "images") for i in range(start, start + count)],
+        [
+            (PUBLIC, cfg.seed, i, tuple(c.public_size), c.regions, tmp / "images")
+            for i in range(start, start + count)
+        ],
         min(2, os.cpu_count() or 1),
         "extra public images",
     )

@@ -38,7 +38,7 @@ def propose(
     prior = _proposal_log(ws)
     gen = None
     rows = []
-    for rec in tqdm(images, desc="stage-2 proposals", leave=False):
+    for rec in tqdm(images, desc="stage-2 proposals", leave=False, disable=None):
         if rec.image_id in done_ids and rec.image_id in prior:
             rows.append(prior[rec.image_id])
             continue

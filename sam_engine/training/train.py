@@ -29,7 +29,9 @@ from ..io import atomic_write_json
 from ..model import MODEL_CONFIGS, get_config
 from .datamodule import MaskDataModule
 from .module import SamModule
+from .progress import ProgressLines, is_terminal
 from .prompts import PromptSchedule
+from .quiet import quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,7 @@ def train_model(
     the run gets params, per-step curves, final metrics, the exported checkpoint, overlays and a curves
     plot, and the checkpoint is registered as a new model version.
     """
+    quiet_lightning()
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +278,9 @@ def train_model(
         auto_insert_metric_name=False,
     )
     has_val = bool(dm.val_groups)
+    # a terminal gets Lightning's bar; a log (pipe, file) gets a short progress line every few seconds
+    bar = progress_bar and is_terminal()
+    lines = [ProgressLines(run_name or out.name)] if progress_bar and not bar else []
     trainer = L.Trainer(
         max_steps=max_steps,
         max_time=timedelta(minutes=max_minutes) if max_minutes else None,
@@ -282,14 +288,14 @@ def train_model(
         devices=1,
         precision=precision,
         gradient_clip_val=gradient_clip_val,
-        callbacks=[checkpointing],
+        callbacks=[checkpointing, *lines],
         logger=loggers,
         log_every_n_steps=5,
         val_check_interval=val_every_n_steps if has_val else None,
         check_val_every_n_epoch=None if has_val else 1,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         default_root_dir=str(out),
     )
