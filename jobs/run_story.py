@@ -30,7 +30,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("tasks", "{} tasks"),
     ("chosen_images", "{} images chosen"),
     ("images", "{} images"),
-    ("shards", "{} shards"),
+    ("shards", "shards: {}"),
     ("annotators", "{} annotators"),
     ("failed_checks", "{} failed checks"),
     ("drifted", "drifted: {}"),
@@ -143,6 +143,8 @@ class RunStory:
                 parts.append("checks: " + ", ".join(checks))
             if not ok:
                 error = getattr(event.event_specific_data, "error", None)
+                while error is not None and getattr(error, "cause", None) is not None:
+                    error = error.cause  # the user's exception, not Dagster's wrapper of it
                 message = (error.message if error else entry.user_message).strip().splitlines()
                 parts.insert(0, "FAILED: " + (message[0] if message else "see the event log"))
             self.say(f"  {step:<36} {duration(seconds):>7}  {'; '.join(parts)}".rstrip())

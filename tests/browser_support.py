@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,67 @@ BROWSER_MARKS = [
 def launch(playwright):
     """The system Chromium, headless, with the flags above."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def dagster_webserver(home: Path, data_dir: Path, timeout_s: float = 240) -> Iterator[str]:
+    """`dagster-webserver` on this repository's workspace over the instance in ``home`` (smoke profile, data in
+    ``data_dir``); yields its URL and stops it afterwards."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = dict(
+        os.environ, DAGSTER_HOME=str(home), SAM_ENGINE_DATA_DIR=str(data_dir), SAM_ENGINE_PROFILE="smoke"
+    )
+    exe = Path(sys.executable).with_name("dagster-webserver")
+    proc = subprocess.Popen(
+        [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                pytest.fail(f"dagster-webserver did not start:\n{out[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def skip_dagster_welcome(page, sync_api) -> None:
+    """Dismiss the community sign-up dialog a fresh Dagster instance shows, if it is there."""
+    try:
+        page.get_by_role("button", name="Skip").first.click(timeout=3_000)
+    except sync_api.TimeoutError:
+        pass

@@ -33,3 +33,56 @@ def coco_tiny() -> Path:
     if not COCO_TINY.is_dir():
         pytest.skip("../shared/data/coco_tiny is not beside this checkout")
     return COCO_TINY
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def engine_run_process(tmp_path_factory):
+    """`make run`'s driver on the smoke profile, once per session, as `make run > log` runs it: a subprocess whose
+    stdout is a pipe (not a terminal), into a temp data folder and Dagster instance. Training prints a progress
+    line every step (interval 0), and one check gets a bar no run can meet (stage-3 precision above 1, a
+    reported check: the run goes on), so the verdict has a failure to list. Returns (data folder, output)."""
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path_factory.mktemp("engine")
+    home = data / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        SAM_ENGINE_DATA_DIR=str(data),
+        DAGSTER_HOME=str(home),
+        MLFLOW_TRACKING_URI=f"sqlite:///{data / 'mlflow.db'}",
+        SAM_ENGINE_PROGRESS_SECONDS="0",
+        SAM_ENGINE_OVERRIDES=json.dumps({"data_dir": str(data), "stages": {"stage3_min_precision": 1.01}}),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("SAM_ENGINE_PROFILE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.run_engine", "--profile", "smoke"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=3600,
+    )
+    (data / "make_run_output.txt").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return data, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def engine_run(engine_run_process):
+    """(data folder, Dagster instance) of the session's smoke engine run."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    data, _ = engine_run_process
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(data / "dagster_home"))) as instance:
+        yield data, instance

@@ -3,63 +3,22 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_support import BROWSER_MARKS, launch
+from browser_support import BROWSER_MARKS, dagster_webserver, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = BROWSER_MARKS
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    port = _free_port()
-    env = dict(
-        os.environ, DAGSTER_HOME=str(home), SAM_ENGINE_DATA_DIR=str(home / "data"), SAM_ENGINE_PROFILE="smoke"
-    )
-    exe = Path(sys.executable).with_name("dagster-webserver")
-    proc = subprocess.Popen(
-        [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            proc.kill()
-            pytest.fail(f"dagster-webserver did not start:\n{out[-3000:]}")
-        time.sleep(1)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with dagster_webserver(home, home / "data") as url:
+        yield url
 
 
 def test_asset_graph_page_shows_the_engine(webserver):
