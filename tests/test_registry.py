@@ -53,6 +53,7 @@ def test_versions_carry_engine_aliases_descriptions_and_a_champion(ws, tmp_path)
     assert tracking.version_by_alias(s, "champion") == refs["v2"].registered_version  # v3 failed its gate
     assert not registry.record_gate(ws, refs["v1"], True, "again")  # an older version never takes it back
     assert tracking.version_by_alias(s, "champion") == refs["v2"].registered_version
+    assert registry.champion_name(ws) == "model_v2"  # as the report names it
     lines = tracking.version_description(s, refs["v2"].registered_version).splitlines()
     assert lines == [
         "Data: v1's weights carried forward without training (test 2).",
@@ -77,5 +78,6 @@ def test_naming_a_version_mlflow_does_not_have_is_logged_not_raised(ws, tmp_path
     ckpt.write_bytes(b"w")
     ghost = ws.model_store.put("model_v1", ckpt, registered_version="7")
     registry.record_version(ws, ghost)
+    assert registry.champion_name(ws) is None
     assert registry.record_gate(ws, ghost, True, "x") is None
     assert "not named in MLflow" in caplog.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow.exceptions import MlflowException
@@ -158,3 +159,18 @@ def record_gate(ws: Workspace, ref: ModelRef, passed: bool, summary: str) -> boo
         tracking.set_version_alias(s, version, CHAMPION)
         return True
     return current == str(version)
+
+
+def champion_name(ws: Workspace) -> str | None:
+    """The engine model (``model_v2``) that ``champion`` points at, or None (no champion, no MLflow store)."""
+    uri = ws.tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        return None  # no store yet: asking would create one
+    try:
+        version = tracking.version_by_alias(ws.tracking, CHAMPION)
+        if version is None:
+            return None
+        mv = ws.tracking.client().get_model_version(ws.tracking.registered_model, version)
+    except MlflowException:
+        return None
+    return mv.tags.get("engine_model") or f"version {version}"
