@@ -49,8 +49,9 @@ pretrain: venv
 ui: venv dagster-home
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# MLflow on the engine's store; prints the links that open the model-training view (runs, registered versions).
 mlflow-ui: venv
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+	$(PY) -m sam_engine.mlflow_ui --host 127.0.0.1 --port 5000 --profile $(PROFILE)
 
 # The annotation server on loopback with the latest model version (after `make run`); HOST/PORT override.
 HOST ?= 127.0.0.1

@@ -18,7 +18,7 @@ from dagster import (
 from assets._common import model_metadata, numeric, picture_metadata, workspace
 from jobs.resources import EngineResource
 from sam_engine.data.corpora import load_public
-from sam_engine.engine import human_stage
+from sam_engine.engine import human_stage, registry
 from sam_engine.engine.models import (
     carry_forward,
     evaluate_version,
@@ -216,6 +216,7 @@ def _gate(version: int):
             )
         verdict = no_regression(ws.cfg.eval, previous["per_object"], current["per_object"])
         context.log.info(f"v{version} against v{version - 1}: {verdict.summary()}")
+        registry.record_gate(ws, model, verdict.passed, verdict.summary())  # MLflow: gate, `champion` alias
         return AssetCheckResult(
             passed=verdict.passed,
             severity=AssetCheckSeverity.ERROR,

@@ -24,6 +24,13 @@ from .data.images import save_png
 DEFAULT_EXPERIMENT = "sam-engine"
 DEFAULT_REGISTERED_MODEL = "sam-engine-model"
 _PARAM_MAX = 6000
+# MLflow's experiment kind: its UI offers the model-training view (runs, metrics, registered models) for this
+# kind, the GenAI view (traces, sessions, assistant) for "genai_development"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# MLflow 3.x's UI picks its view from a `workflowType` query parameter (else the browser's last choice,
+# GenAI at first): links to the experiment carry it
+TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 
 
 @dataclass
@@ -60,17 +67,36 @@ class TrackedRun:
 
 
 def ensure_experiment(settings: TrackingSettings, client: MlflowClient | None = None) -> str:
-    """The experiment's id, created with its artifacts under ``settings.artifact_dir`` when missing."""
+    """The experiment's id, created with its artifacts under ``settings.artifact_dir`` when missing; either
+    way tagged as a model-training experiment (:data:`EXPERIMENT_KIND_TAG`), not a GenAI one."""
     client = client or settings.client()
     exp = client.get_experiment_by_name(settings.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = (Path(settings.artifact_dir).resolve() / settings.experiment).as_uri()
-    Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        return client.create_experiment(settings.experiment, artifact_location=location)
-    except MlflowException:  # created concurrently
-        return client.get_experiment_by_name(settings.experiment).experiment_id
+    if exp is None:
+        location = (Path(settings.artifact_dir).resolve() / settings.experiment).as_uri()
+        Path(settings.artifact_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            exp_id = client.create_experiment(
+                settings.experiment,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
+            return exp_id
+        except MlflowException:  # created concurrently
+            exp = client.get_experiment_by_name(settings.experiment)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:  # made before the tag, or by another tool
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return exp.experiment_id
+
+
+def experiment_url(settings: TrackingSettings, ui_url: str) -> str:
+    """The experiment's page in the MLflow UI at ``ui_url``, in the model-training view (runs, not traces)."""
+    exp_id = ensure_experiment(settings)
+    return f"{ui_url.rstrip('/')}/#/experiments/{exp_id}?{TRAINING_VIEW_QUERY}"
+
+
+def registered_model_url(settings: TrackingSettings, ui_url: str) -> str:
+    """The registered model's page (its versions and aliases) in the MLflow UI at ``ui_url``."""
+    return f"{ui_url.rstrip('/')}/#/models/{settings.registered_model}?{TRAINING_VIEW_QUERY}"
 
 
 def start_run(
@@ -273,6 +299,57 @@ def register_model_version(
         description=description,
     )
     return str(mv.version)
+
+
+def set_version_alias(settings: TrackingSettings, version: str, alias: str, name: str | None = None) -> None:
+    """Point ``alias`` of the registered model at ``version`` (``models:/<name>@<alias>`` then loads it)."""
+    settings.client().set_registered_model_alias(name or settings.registered_model, alias, str(version))
+
+
+def version_by_alias(settings: TrackingSettings, alias: str, name: str | None = None) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the registered model) does not exist."""
+    try:
+        mv = settings.client().get_model_version_by_alias(name or settings.registered_model, alias)
+    except MlflowException:
+        return None
+    return str(mv.version)
+
+
+def download_version(
+    settings: TrackingSettings, alias: str, dst: str | Path, name: str | None = None
+) -> Path:
+    """Download the file a registered version was registered from (the engine's checkpoint) into ``dst``;
+    ``alias`` is an alias (``champion``, ``model_v2``) or a version number. (``models:/<name>@<alias>`` names
+    the version in MLflow; MLflow's own download of it expects a folder, the engine registers a file.)"""
+    import mlflow.artifacts
+
+    client = settings.client()
+    name = name or settings.registered_model
+    mv = (
+        client.get_model_version(name, alias)
+        if alias.isdigit()
+        else client.get_model_version_by_alias(name, alias)
+    )
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst)))
+
+
+def version_description(settings: TrackingSettings, version: str, name: str | None = None) -> str:
+    """A registered version's description ("" when it has none)."""
+    mv = settings.client().get_model_version(name or settings.registered_model, str(version))
+    return mv.description or ""
+
+
+def set_version_description(
+    settings: TrackingSettings, version: str, description: str, name: str | None = None
+) -> None:
+    settings.client().update_model_version(name or settings.registered_model, str(version), description)
+
+
+def set_version_tag(
+    settings: TrackingSettings, version: str, key: str, value: str, name: str | None = None
+) -> None:
+    settings.client().set_model_version_tag(name or settings.registered_model, str(version), key, str(value))
 
 
 def lightning_logger(settings: TrackingSettings, run_id: str) -> Any:

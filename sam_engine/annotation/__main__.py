@@ -9,6 +9,10 @@ Create an annotator and print their token (shown once; only its hash is stored):
 
     python -m sam_engine.annotation add-annotator --data-dir data --name alice --role annotator --expertise r1,r2
 
+Assign an annotator tasks on pool images nobody has a task for (an admin's job; see ``assign.py``)::
+
+    python -m sam_engine.annotation assign --data-dir data --annotator alice --images 20
+
 The store is ``<data-dir>/quality.duckdb`` unless ``--db`` says otherwise. Images are served from the
 ``--dataset-dir`` folders (``PATH`` or ``SOURCE=PATH``, repeatable); the default is the data folder's corpus
 image folders (target pool, gold set, public corpus), searched in that order for each image's ``file_name``.
@@ -158,6 +162,38 @@ def _add_annotator(args: argparse.Namespace) -> None:
     print(f"annotator {annotator_id} ({args.role}); token (shown once):\n{token}")
 
 
+def _assign(args: argparse.Namespace) -> None:
+    from sam_engine.quality.store import QualityStore
+
+    from .assign import AssignError, assign_images, register_pool
+
+    data_dir = Path(args.data_dir)
+    store = QualityStore(args.db or data_dir / "quality.duckdb", idle_release_s=0)
+    try:
+        pool = _pool_records(data_dir, args.profile)
+        added = register_pool(store, pool) if pool else 0
+        if added:
+            print(f"registered {added} pool images from {data_dir}")
+        ids = assign_images(store, args.annotator, args.images, stage=args.stage)
+    except AssignError as e:
+        raise SystemExit(f"assign: {e}") from None
+    finally:
+        store.close()
+    print(f"assigned {len(ids)} stage-{args.stage} tasks to {args.annotator}: {', '.join(map(str, ids))}")
+
+
+def _pool_records(data_dir: Path, profile: str | None) -> list:
+    """The target pool of the engine's data folder (its configuration's pool folder), or [] when it has none."""
+    from sam_engine.config import load_config
+    from sam_engine.data.corpora import load_pool
+
+    cfg = load_config(profile, {"data_dir": str(data_dir)})
+    try:
+        return list(load_pool(cfg).images)
+    except FileNotFoundError:
+        return []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sam_engine.annotation", description=__doc__.split("\n")[0]
@@ -232,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--expertise", default="", help="comma-separated regions")
     add.add_argument("--rotate", action="store_true", help="existing annotator: issue a new token")
     add.set_defaults(func=_add_annotator)
+
+    assign = sub.add_parser(
+        "assign", help="give an annotator tasks on pool images nobody has a task for (admin)"
+    )
+    assign.add_argument("--data-dir", default="data")
+    assign.add_argument("--db", type=Path, default=None)
+    assign.add_argument(
+        "--annotator", required=True, help="annotator id (add-annotator's --id, else its name)"
+    )
+    assign.add_argument("--images", type=int, default=20, help="how many images (tasks) to assign")
+    assign.add_argument("--stage", type=int, choices=(1, 2), default=1, help="stage the masks count for")
+    assign.add_argument("--profile", default=None, help="engine profile of the data folder (pool location)")
+    assign.set_defaults(func=_assign)
     return parser
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..data.corpus import MaskCorpus
 from ..model_store import ModelRef
+from . import registry
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,13 @@ def corpus_hash(corpus: MaskCorpus) -> str:
         for ann in corpus.masks_for(im.image_id):
             h.update(json.dumps(ann["segmentation"], sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _recorded(ws: Workspace, ref: ModelRef) -> ModelRef:
+    """``ref`` published (``models_url``) and named in the MLflow registry (alias ``vN``, description)."""
+    ref = ws.publish_model(ref)
+    registry.record_version(ws, ref)
+    return ref
 
 
 def _stored_with_key(ws: Workspace, name: str, key: str) -> ModelRef | None:
@@ -79,7 +87,7 @@ def train_version(
     if exported.exists() and existing is not None:
         if log_fn:
             log_fn(f"{name}: same data and parent as the stored version; reusing {existing.checkpoint}")
-        return ws.publish_model(existing), False
+        return _recorded(ws, existing), False
     settings = distributed.scale_settings(cfg)
     start = str(ws.checkpoint(parent)) if parent else cfg.model.name
     common = {
@@ -138,7 +146,7 @@ def train_version(
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)},
         data=data,
     )
-    return ws.publish_model(ref), True
+    return _recorded(ws, ref), True
 
 
 def _register_untrained(
@@ -159,7 +167,7 @@ def _register_untrained(
         tracking.log_metrics(ws.tracking, run_id, metrics)
     tracking.log_artifact(ws.tracking, run_id, checkpoint, "model")
     version = tracking.register_model_version(
-        ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=description
+        ws.tracking, run_id, f"model/{Path(checkpoint).name}", tags=tags, description=description or None
     )
     tracking.end_run(ws.tracking, run_id)
     return run_id, version
@@ -184,11 +192,11 @@ def carry_forward(
     if existing is not None:
         if log_fn:
             log_fn(f"{name}: {parent.name} already carried forward; reusing {existing.checkpoint}")
-        return ws.publish_model(existing), False
+        return _recorded(ws, existing), False
     checkpoint = ws.checkpoint(parent)
     tags = {"engine_model": name, "train_key": key, "carried_from": parent.name}
     run_id, version = _register_untrained(
-        ws, name, checkpoint, tags, {"carried_from": parent.name, "reason": reason}, reason
+        ws, name, checkpoint, tags, {"carried_from": parent.name, "reason": reason}, ""
     )
     if log_fn:
         log_fn(f"{name}: {parent.name}'s weights carried forward without training: {reason}")
@@ -208,7 +216,7 @@ def carry_forward(
             "steps": 0,
         },
     )
-    return ws.publish_model(ref), True
+    return _recorded(ws, ref), True
 
 
 def released_version(
@@ -235,7 +243,7 @@ def released_version(
     existing = _stored_with_key(ws, name, key)
     if existing is not None:
         say(f"{name}: the released checkpoint is already this version; reusing {existing.checkpoint}")
-        return ws.publish_model(existing), False
+        return _recorded(ws, existing), False
     out_dir = ws.cfg.data_dir / "training" / name / key[:16]
     checkpoint = save_checkpoint(
         load_model(release.checkpoint), out_dir / "model.pt", metadata={"release": meta["sha256"]}
@@ -269,7 +277,7 @@ def released_version(
             "steps": meta.get("steps", 0),
         },
     )
-    return ws.publish_model(ref), True
+    return _recorded(ws, ref), True
 
 
 def evaluate_version(
@@ -302,6 +310,7 @@ def evaluate_version(
 
         log_metrics(ws.tracking, ref.mlflow_run_id, {k.replace(">", "_gt_"): v for k, v in scalars.items()})
     ws.model_store.update(ref.name, metrics={**ref.metrics, **scalars})
+    registry.record_gold(ws, ref, scalars)
     return metrics
 
 

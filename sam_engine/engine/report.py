@@ -16,7 +16,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from ..io import atomic_write_text
-from . import checks, quality
+from . import checks, quality, registry, report_summary
 from .workspace import Workspace
 
 STAGE_SCHEMA = pa.DataFrameSchema(
@@ -68,6 +68,9 @@ def _png_md(fig, title: str) -> str:
 
 
 def coverage_chart(df: pd.DataFrame) -> str:
+    """Covered share per region; "" when no region has any (nothing to plot)."""
+    if not len(df) or not has_signal(df["coverage"]):
+        return ""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,23 +120,41 @@ def paired_changes(evals: dict[str, dict], cfg_eval: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MODEL_PANELS = (
+    (("mIoU@1", "mIoU@3", "mIoU@5"), "gold mIoU at k clicks"),
+    (("NoC@85", "NoC@90"), "gold NoC (lower is better)"),
+    (("AMG recall@0.5", "masks IoU>0.9"), "automatic masks"),
+)
+
+
+def has_signal(values: pd.Series) -> bool:
+    """Whether a metric is worth a plot: some value is finite and not zero."""
+    v = pd.to_numeric(values, errors="coerce")
+    return bool((v.notna() & (v != 0)).any())
+
+
 def models_chart(models: pd.DataFrame) -> str:
+    """The models' gold figures, one panel per group; a metric zero or empty for every model is left out (and
+    a panel with none left), so no flat line at zero stands for "nothing measured". "" when nothing is left."""
+    panels = [
+        ([c for c in cols if c in models.columns and has_signal(models[c])], title)
+        for cols, title in MODEL_PANELS
+    ]
+    panels = [(cols, title) for cols, title in panels if cols]
+    if not panels:
+        return ""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
-    for ax, cols, title in (
-        (axes[0], ["mIoU@1", "mIoU@3", "mIoU@5"], "gold mIoU at k clicks"),
-        (axes[1], ["NoC@85", "NoC@90"], "gold NoC (lower is better)"),
-        (axes[2], ["AMG recall@0.5", "masks IoU>0.9"], "automatic masks"),
-    ):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 2.8), squeeze=False)
+    for ax, (cols, title) in zip(axes[0], panels, strict=True):
         for c in cols:
             ax.plot(models["model"], models[c], marker="o", label=c)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    return _png_md(fig, "models")
+    return _png_md(fig, "models: " + ", ".join(c for cols, _ in panels for c in cols))
 
 
 def shard_drift(ws: Workspace, shards: list[dict], paths: list[Path]) -> dict[str, Any]:
@@ -312,12 +333,29 @@ def build_report(
         if failed
         else [f"all {len(verdicts)} checks passed"]
     )
+    made = report_summary.produced(stages, shards, ws.shards_location)
+    versions = [f"model_{m}" for m in models["model"]] if len(models) else []
+    champion = registry.champion_name(ws)
+    checks_line = report_summary.check_line(verdicts, failed)
+    produced_lines = report_summary.produced_lines(made, versions, champion, ws.tracking.registered_model)
+    summary.update(
+        {
+            "checks_passed": len(verdicts) - len(failed),
+            "checks_total": len(verdicts),
+            "produced": made,
+            "champion": champion,
+        }
+    )
     audit_df = audit if audit is not None else pd.DataFrame()
     by_source = store_masks_by_source(ws)
     stage3_masks = _shard_masks(ws, shards)
     text = "\n".join(
         [
             f"== sam-engine report ({ws.cfg.profile} profile, data in {ws.cfg.data_dir}) ==",
+            "",
+            "Summary",
+            f"checks: {checks_line}",
+            *produced_lines,
             "",
             "Checks",
             *check_lines,
@@ -347,32 +385,36 @@ def build_report(
         if failed
         else f"All {len(verdicts)} checks passed."
     )
-    markdown = "\n\n".join(
-        [
-            "### Checks",
-            check_md,
-            "### Stages",
-            _md_table(stages),
-            stage3_line,
-            "### Stage-3 masks against the hidden ground truth",
-            _md_table(audit_df) if len(audit_df) else "_no stage-3 audit_",
-            f"### Models on the gold set (clicks answered {predictor_desc})",
-            _md_table(models),
-            *[f"_{n}_" for n in carried],
-            "Paired changes on the same gold objects (mean, standard error; the no-regression gate):",
-            _md_table(changes) if len(changes) else "_no per-object results_",
-            models_chart(models),
-            "### Masks by stage",
-            stage_overlay(ws, by_source["human"], "stages 1-2: by people"),
-            stage_overlay(ws, by_source["auto"], "stage 2: auto-accepted from the model"),
-            stage_overlay(ws, stage3_masks, "stage 3: automatic"),
-            "### Region coverage",
-            _md_table(coverage),
-            coverage_chart(coverage),
-            "### Annotators",
-            _md_table(ann) if len(ann) else "_none_",
-        ]
+    summary_md = "\n".join(
+        [f"- **Checks:** {_md_checks(checks_line, failed)}", *(f"- {line}" for line in produced_lines)]
     )
+    blocks = [
+        "### Summary",
+        summary_md,
+        "### Checks",
+        check_md,
+        "### Stages",
+        _md_table(stages),
+        stage3_line,
+        "### Stage-3 masks against the hidden ground truth",
+        _md_table(audit_df) if len(audit_df) else "_no stage-3 audit_",
+        f"### Models on the gold set (clicks answered {predictor_desc})",
+        _md_table(models),
+        *[f"_{n}_" for n in carried],
+        "Paired changes on the same gold objects (mean, standard error; the no-regression gate):",
+        _md_table(changes) if len(changes) else "_no per-object results_",
+        models_chart(models),
+        "### Masks by stage",
+        stage_overlay(ws, by_source["human"], "stages 1-2: by people"),
+        stage_overlay(ws, by_source["auto"], "stage 2: auto-accepted from the model"),
+        stage_overlay(ws, stage3_masks, "stage 3: automatic"),
+        "### Region coverage",
+        _md_table(coverage),
+        coverage_chart(coverage),
+        "### Annotators",
+        _md_table(ann) if len(ann) else "_none_",
+    ]
+    markdown = "\n\n".join(b for b in blocks if b)  # a chart with nothing to plot is left out
     body = markdown_to_html(markdown)
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>sam-engine report</title><style>"
@@ -439,6 +481,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _md_checks(line: str, failed: list[checks.Verdict]) -> str:
+    """The checks line with each failed check's name as code."""
+    for v in failed:
+        line = re.sub(rf"(?<![\w`]){re.escape(v.check)}(?![\w`])", f"`{v.check}`", line)
+    return line
+
+
 def _inline(text: str) -> str:
     """Escape, then render **bold**, `code` and _italics_."""
     out = html.escape(text)
@@ -456,8 +505,9 @@ def markdown_to_html(md: str) -> str:
         if b.startswith("### "):
             out.append(f"<h3>{html.escape(b[4:])}</h3>")
         elif b.startswith("!["):
-            src = b[b.index("(") + 1 : b.rindex(")")]
-            out.append(f"<img src='{src}'/>")
+            alt = b[2 : b.index("](")]
+            src = b[b.index("](") + 2 : b.rindex(")")]
+            out.append(f"<img alt='{html.escape(alt, quote=True)}' src='{src}'/>")
         elif b.startswith("|"):
             rows = [r for r in b.splitlines() if not r.startswith("|---")]
             cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]

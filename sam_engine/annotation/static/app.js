@@ -188,7 +188,7 @@
     state.progress = p;
     const done = p.done + p.skipped;
     const el = $("progress");
-    el.textContent = `${done} / ${p.total} images done`;
+    el.textContent = p.total ? `${done} / ${p.total} images done` : "no tasks assigned";
     el.dataset.done = String(done);
     el.dataset.total = String(p.total);
   }
@@ -269,17 +269,36 @@
       const next = data.tasks.find((t) => t.status === "in_progress" && t.kind !== "review")
         || data.tasks.find((t) => t.status === "pending" && t.kind !== "review");
       if (next) await openTask(next.task_id);
-      else showEmpty("All your tasks are done.");
+      else showEmpty(...noTaskMessage());
     }
   }
 
-  function showEmpty(text) {
+  // What an annotator without an open task reads: none assigned yet, or all done; and who assigns more.
+  function noTaskMessage() {
+    const total = state.progress ? state.progress.total : 0;
+    const id = state.user ? state.user.annotator_id : "NAME";
+    const text = total === 0
+      ? "No tasks are assigned to you yet. An admin assigns them with:"
+      : `All ${total} of your tasks are done. An admin assigns more with:`;
+    return [text, `python -m sam_engine.annotation assign --annotator ${id} --images 20`];
+  }
+
+  function showEmpty(text, command) {
     state.task = null; state.image = null; state.result = null;
     canvas.hidden = true;
-    $("empty").hidden = false; $("empty").textContent = text;
+    $("task-panel").hidden = true;  // nothing to accept, undo or skip
+    const box = $("empty");
+    box.hidden = false; box.textContent = text;
+    if (command) {
+      const code = document.createElement("code");
+      code.id = "assign-command"; code.textContent = command;
+      box.appendChild(document.createElement("br")); box.appendChild(code);
+    }
     $("task-id").textContent = ""; $("task-info").textContent = "";
-    setStatus(text, "ok");
+    setStatus(total0() ? "No tasks assigned" : "All tasks done", "ok");
   }
+
+  function total0() { return !state.progress || state.progress.total === 0; }
 
   async function openTask(taskId) {
     await openWith({ type: "open", task_id: taskId });
@@ -295,7 +314,7 @@
     state.result = null;
     canvas.width = msg.image.width; canvas.height = msg.image.height;
     overlay.width = msg.image.width; overlay.height = msg.image.height;
-    canvas.hidden = false; $("empty").hidden = true;
+    canvas.hidden = false; $("empty").hidden = true; $("task-panel").hidden = false;
     fitCanvas();
     $("task-id").textContent = msg.task ? `#${msg.task.task_id}` : `(image ${msg.image.image_id})`;
     $("task-info").textContent = msg.task
@@ -448,7 +467,7 @@
       const msg = await send({ type: "done" });
       renderProgress(msg.progress);
       if (msg.next_task) await openTask(msg.next_task.task_id);
-      else { await loadTasks(false); showEmpty("All your tasks are done."); }
+      else { await loadTasks(false); showEmpty(...noTaskMessage()); }
     } catch (e) { setStatus(e.message, "error"); }
   }
 
@@ -459,7 +478,7 @@
       $("comment-text").value = "";
       renderProgress(msg.progress);
       if (msg.next_task) await openTask(msg.next_task.task_id);
-      else { await loadTasks(false); showEmpty("All your tasks are done."); }
+      else { await loadTasks(false); showEmpty(...noTaskMessage()); }
     } catch (e) { setStatus(e.message, "error"); }
   }
 
