@@ -66,10 +66,10 @@ def model_v0(context: AssetExecutionContext, engine: EngineResource) -> Output[M
     )
 
 
-def _store_masks_corpus(ws, stages: list[int]):
+def _store_masks_corpus(ws, stages: list[int], people_only: bool = False):
     with ws.open_store(read_only=True) as store:
         gold_ids = {im.image_id for im in ws.gold.images}
-        frames = [human_stage.stage_masks_frame(store, s, gold_ids) for s in stages]
+        frames = [human_stage.stage_masks_frame(store, s, gold_ids, people_only) for s in stages]
     return human_stage.masks_corpus(ws, frames)
 
 
@@ -94,12 +94,17 @@ def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: M
     group_name=GROUP,
     ins={"model_v1": AssetIn()},
     deps=["stage1_masks", "stage2_masks"],
-    description="v2: v1 fine-tuned on stage-1 and stage-2 masks.",
+    description="v2: v1 fine-tuned on stage-1 and stage-2 masks (with train.v2_people_masks_only, the default, "
+    "the masks people made: stage 2's model proposals are left out).",
 )
 def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef) -> Output[ModelRef]:
     ws = workspace(engine)
     ref, trained = train_version(
-        ws, "model_v2", _store_masks_corpus(ws, [1, 2]), model_v1, log_fn=context.log.info
+        ws,
+        "model_v2",
+        _store_masks_corpus(ws, [1, 2], people_only=ws.cfg.train.v2_people_masks_only),
+        model_v1,
+        log_fn=context.log.info,
     )
     return Output(
         ref,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,8 +51,6 @@ def dagster_webserver(home: Path, data_dir: Path, timeout_s: float = 240) -> Ite
     import os
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     root = Path(__file__).resolve().parents[1]
     port = free_port()
@@ -66,20 +66,8 @@ def dagster_webserver(home: Path, data_dir: Path, timeout_s: float = 240) -> Ite
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"dagster-webserver did not start:\n{out[-3000:]}")
-            time.sleep(1)
+        wait_for_http(f"{url}/server_info", proc, timeout_s, "dagster-webserver")
         yield url
     finally:
         proc.terminate()
@@ -87,6 +75,25 @@ def dagster_webserver(home: Path, data_dir: Path, timeout_s: float = 240) -> Ite
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_for_http(url: str, proc, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; fail the test with ``proc``'s output if it exits or ``timeout_s``
+    passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out = proc.stdout.read() if proc.stdout else ""
+            out = out.decode(errors="replace") if isinstance(out, bytes) else out
+            pytest.fail(f"{what} did not start:\n{out[-3000:]}")
+        time.sleep(0.5)
 
 
 def skip_dagster_welcome(page, sync_api) -> None:

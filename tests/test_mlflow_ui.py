@@ -7,12 +7,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_support import BROWSER_MARKS, launch
+from browser_support import BROWSER_MARKS, launch, wait_for_http
 from registry_support import engine_versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,18 +52,7 @@ def mlflow_ui(smoke_cfg, tmp_path_factory):
     )
     printed = [proc.stdout.readline().strip() for _ in range(2)]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start: {printed} {proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
+    wait_for_http(f"{url}/health", proc, 180, f"mlflow server ({printed})")
     yield {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in printed}
     proc.terminate()
     try:

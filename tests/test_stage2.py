@@ -153,3 +153,39 @@ def test_region_deficit():
     d = region_deficit({"a": 3, "b": 1}, {"a": 0.5, "b": 0.5})
     assert d["a"] == 0.0 and d["b"] == pytest.approx(0.5)
     assert region_deficit({}, {"a": 0.5, "b": 0.5}) == {"a": 1.0, "b": 1.0}
+
+
+def test_stage_masks_people_only_leaves_out_model_proposals(tmp_path):
+    """v2's training masks (``people_only``): the stage's accepted masks without the model's proposals; gold
+    images are left out either way."""
+    from sam_engine.engine.human_stage import stage_masks_frame
+    from sam_engine.quality.store import QualityStore
+
+    with QualityStore(tmp_path / "q.duckdb") as store:
+        store.add_images(
+            [{"image_id": i, "file_name": f"{i}.png", "width": W, "height": H, "region": "x"} for i in (3, 4)]
+        )
+        store.add_annotator("ann", role="annotator")
+        commit_proposals(
+            store,
+            3,
+            [{"segmentation": rle_utils.encode(box(0, 20, 0, 30)), "predicted_iou": 0.99}],
+            height=H,
+            width=W,
+        )
+        for image_id in (3, 4):
+            store.commit_mask(
+                task_id=None,
+                image_id=image_id,
+                annotator_id="ann",
+                stage=2,
+                source="human",
+                rle=rle_utils.encode(box(20, 40, 30, 60)),
+                predicted_iou=None,
+                clicks=2,
+                seconds=5.0,
+            )
+        every = stage_masks_frame(store, 2, gold_ids={4})
+        people = stage_masks_frame(store, 2, gold_ids={4}, people_only=True)
+    assert sorted(every["source"]) == ["human", "model"] and set(every["image_id"]) == {3}
+    assert people["source"].tolist() == ["human"] and people["image_id"].tolist() == [3]

@@ -144,11 +144,14 @@ def consolidate(ws: Workspace, store, stage: int) -> dict[str, Any]:
     return {"consensus_images": report.images, "flagged": report.flagged, "review_verdicts": verdicts}
 
 
-def stage_masks_frame(store, stage: int, gold_ids: set[int]) -> pd.DataFrame:
-    """The stage's accepted, consensus-resolved masks on pool images (honeypot work excluded)."""
+def stage_masks_frame(store, stage: int, gold_ids: set[int], people_only: bool = False) -> pd.DataFrame:
+    """The stage's accepted, consensus-resolved masks on pool images (honeypot work excluded); with
+    ``people_only``, without the model's proposals (``source='model'``, accepted automatically or in review)."""
     df = resolved_masks(store, stage)
     if len(df):
         df = df[~df["image_id"].isin(gold_ids)]
+    if len(df) and people_only:
+        df = df[df["source"] != "model"]
     return df.reset_index(drop=True)
 
 
