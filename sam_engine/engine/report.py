@@ -312,8 +312,8 @@ def build_report(
     }
     if s3_masks:
         stage3_line = (
-            f"stage-3 masks per image {s3_per_image:.1f} vs gold whole objects per image {gold_per_image:.1f} "
-            f"(ratio {s3_per_image / max(gold_per_image, 1e-9):.2f}); QA good share "
+            f"stage-3 masks per image {s3_per_image:.2f} vs gold whole objects per image {gold_per_image:.2f} "
+            f"(ratio {s3_per_image / max(gold_per_image, 1e-9):.3f}); QA good share "
             f"{summary['stage3_qa_good_share']:.3f}"
         )
     else:
