@@ -29,6 +29,15 @@ def smoke_corpora(smoke_cfg):
 
 
 @pytest.fixture
+def smoke_data_dir(smoke_cfg, smoke_corpora, tmp_path):
+    """A fresh engine data folder sharing the session's smoke corpora (symlinked), with no store yet."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpora").symlink_to(smoke_cfg.data_dir / "corpora")
+    return data
+
+
+@pytest.fixture
 def coco_tiny() -> Path:
     if not COCO_TINY.is_dir():
         pytest.skip("../shared/data/coco_tiny is not beside this checkout")

@@ -46,12 +46,9 @@ def test_assign_takes_pool_images_no_annotation_task_covers(tmp_path: Path) -> N
 
 
 @pytest.fixture
-def data_dir(smoke_cfg, smoke_corpora, tmp_path: Path) -> Path:
+def data_dir(smoke_data_dir: Path) -> Path:
     """An engine data folder with the smoke corpora and no store yet, as after `make run` minus the stages."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "corpora").symlink_to(smoke_cfg.data_dir / "corpora")
-    return data
+    return smoke_data_dir
 
 
 def _browser_test(fn):  # noqa: ANN001, ANN202

@@ -6,16 +6,12 @@ import pytest
 
 
 @pytest.fixture
-def ws_with_v2(smoke_cfg, smoke_corpora, tmp_path):
+def ws_with_v2(smoke_cfg, smoke_data_dir, tmp_path):
     from sam_engine.engine.workspace import Workspace
     from sam_engine.model import build_sam
     from sam_engine.model.checkpoint import save_checkpoint
 
-    cfg = smoke_cfg.model_copy(deep=True)
-    cfg.data_dir = tmp_path / "data"
-    cfg.data_dir.mkdir()
-    (cfg.data_dir / "corpora").symlink_to(smoke_cfg.data_dir / "corpora")  # the session's smoke corpora
-    ws = Workspace(cfg)
+    ws = Workspace(smoke_cfg.model_copy(update={"data_dir": smoke_data_dir}, deep=True))
     ckpt = tmp_path / "v2.pt"
     save_checkpoint(build_sam("tiny", seed=3), ckpt)
     return ws, ws.model_store.put("model_v2", ckpt, data={"images": 3, "masks": 7, "data_sha256": "abc"})

@@ -13,14 +13,10 @@ from sam_engine.engine import report
 
 
 @pytest.fixture
-def ws(smoke_cfg, smoke_corpora, tmp_path):
+def ws(smoke_cfg, smoke_data_dir):
     from sam_engine.engine.workspace import Workspace
 
-    cfg = smoke_cfg.model_copy(deep=True)
-    cfg.data_dir = tmp_path / "data"
-    cfg.data_dir.mkdir()
-    (cfg.data_dir / "corpora").symlink_to(smoke_cfg.data_dir / "corpora")  # the session's smoke corpora
-    return Workspace(cfg)
+    return Workspace(smoke_cfg.model_copy(update={"data_dir": smoke_data_dir}, deep=True))
 
 
 def _people_masks(ws, n_images: int = 2) -> list[int]:

@@ -30,7 +30,7 @@ def corpus_hash(corpus: MaskCorpus) -> str:
 
 
 def _recorded(ws: Workspace, ref: ModelRef) -> ModelRef:
-    """``ref`` published (``models_url``) and named in the MLflow registry (alias ``vN``, description)."""
+    """``ref`` published (``models_url``) and named in the MLflow registry (alias ``model_vN``, description)."""
     ref = ws.publish_model(ref)
     registry.record_version(ws, ref)
     return ref

@@ -28,13 +28,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 CHAMPION = "champion"
 REGISTERED_MODEL_DESCRIPTION = (
     "The sam-engine's promptable segmentation model. Aliases model_v0..model_v3 are the engine's model versions "
-    "(v0: public-data pretrain; v1: + stage-1 masks; v2: + stage-2 masks; v3: + stage-3 shards); "
+    "(v0: public-data pretrain; v1: + stage-1 masks; v2: + the masks people made in stage 2; v3: + stage-3 shards); "
     f"'{CHAMPION}' is the newest version that passed its no-regression gate on the gold set."
 )
 TRAINING_DATA = {
     "v0": "the public corpus (COCO-like, domain A)",
     "v1": "the stage-1 masks (assisted-manual, by annotators)",
-    "v2": "the stage-1 and stage-2 masks (stage 2: semi-automatic)",
+    "v2": "the masks people made in stages 1 and 2 (train.v2_people_masks_only; stage 2: semi-automatic)",
     "v3": "the stage-3 SA-1B shards (fully automatic) and the stage-1/2 masks",
 }
 GOLD_FIGURES = (
