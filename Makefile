@@ -30,7 +30,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
-	@cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@cp -f instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # System Chromium for the browser tests (Debian package); skipped with a note when it cannot be installed.
 chromium:
@@ -46,8 +46,10 @@ run: venv dagster-home
 pretrain: venv
 	$(PY) -m sam_engine.release build --profile $(PROFILE)
 
+# `dg dev`, Dagster's recommended command, on this project (pyproject's [tool.dg]); Ctrl-C or SIGTERM stops it all.
+UI_PORT ?= 3000
 ui: venv dagster-home
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/dg dev -h 127.0.0.1 -p $(UI_PORT)
 
 # MLflow on the engine's store; prints the links that open the model-training view (runs, registered versions).
 mlflow-ui: venv

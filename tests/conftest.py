@@ -60,7 +60,7 @@ def engine_run_process(tmp_path_factory):
     data = tmp_path_factory.mktemp("engine")
     home = data / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((ROOT / "instance" / "dagster.yaml").read_text())
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),

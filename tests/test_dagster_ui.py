@@ -16,7 +16,7 @@ pytestmark = BROWSER_MARKS
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((ROOT / "instance" / "dagster.yaml").read_text())
     with dagster_webserver(home, home / "data") as url:
         yield url
 
