@@ -378,9 +378,16 @@ def test_train_version_takes_the_distributed_path_when_settings_say_so(tmp_path,
     again, trained_again = train_version(ws, "model_v0", _corpus(), None)  # same inputs: reused
     assert not trained_again and len(calls) == 1 and again.sha256 == ref.sha256
 
+    # a changed training setting is a new recipe: trained again, not the stored version reused
+    ws_more = Workspace(cfg.model_copy(update={"train": cfg.train.model_copy(update={"finetune_steps": 7})}))
+    _, trained_more = train_version(ws_more, "model_v0", _corpus(), None)
+    assert trained_more and len(calls) == 2
+
     child, _ = train_version(ws, "model_v1", _corpus(), ref)  # a fine-tune starts from the parent's file
     assert calls[-1][0] == "distributed" and calls[-1][1] == ref.checkpoint
     assert calls[-1][3]["max_steps"] == cfg.train.finetune_steps and child.parent == "model_v0"
+    _, again_child = train_version(ws, "model_v1", _corpus(), ref)
+    assert not again_child
 
 
 def test_train_version_default_is_one_process(tmp_path, monkeypatch):

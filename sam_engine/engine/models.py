@@ -56,7 +56,8 @@ def train_version(
 ) -> tuple[ModelRef, bool]:
     """Train model ``name`` on ``corpus`` (from scratch when ``parent`` is None, else fine-tune it).
 
-    The training folder is keyed by the data hash and the parent's checkpoint hash: the same inputs reuse the
+    The training folder is keyed by the data hash, the parent's checkpoint hash, the seed and the training
+    settings (a changed recipe or step count trains again): the same inputs reuse the
     finished checkpoint (re-materializing is idempotent), an interrupted run resumes from its last
     checkpoint, and new data starts a new run that becomes a new registered model version.
     Where it trains comes from :func:`~sam_engine.training.distributed.scale_settings`: one process with
@@ -69,8 +70,11 @@ def train_version(
 
     cfg = ws.cfg
     data_hash = corpus_hash(corpus)
+    # what shapes the weights: the data, the start, the seed and the training settings (not where it runs)
+    recipe = cfg.train.model_dump(mode="json", exclude={"num_workers", "device"})
+    recipe_hash = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     key = hashlib.sha256(
-        f"{data_hash}:{parent.sha256 if parent else cfg.model.name}:{cfg.seed}".encode()
+        f"{data_hash}:{parent.sha256 if parent else cfg.model.name}:{cfg.seed}:{recipe_hash}".encode()
     ).hexdigest()
     out_dir = cfg.data_dir / "training" / name / key[:16]
     t = cfg.train
