@@ -78,10 +78,6 @@ class TrainSection(_Section):
     masks_per_image: int = 8
     prompts_per_mask: int = 1
     ungraded_rounds_max: int = 4
-    # Fine-tunes start from a model that already answers later clicks; two ungraded rounds instead of four
-    # (None: as ungraded_rounds_max). On run C's data, v2 from v1 in 100 steps: gold mIoU@1 0.730 in 210 s
-    # against 0.706 in about 250 s with four.
-    finetune_ungraded_rounds_max: int | None = 2
     mask_only_rounds: int = 1
     center_prob: float = 0.5
     zoom_prob: float = 0.5

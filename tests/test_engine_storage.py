@@ -402,13 +402,6 @@ def test_train_version_default_is_one_process(tmp_path, monkeypatch):
     assert "accelerator" not in kw and kw["resume"] is True and kw["run_name"] == "model_v0"  # as before
     assert CHECKPOINT_URL not in ref.data  # no models_url: nothing published
 
-    # v0 trains with the recipe's ungraded click rounds, a fine-tune with its own (fewer) rounds
-    t = ws.cfg.train
-    assert t.finetune_ungraded_rounds_max != t.ungraded_rounds_max
-    assert kw["schedule"]["ungraded_rounds_max"] == t.ungraded_rounds_max
-    train_version(ws, "model_v1", _corpus(), ref)
-    assert calls[-1][3]["schedule"]["ungraded_rounds_max"] == t.finetune_ungraded_rounds_max
-
 
 def test_models_url_publishes_and_loads_back(tmp_path, monkeypatch, mem):
     from sam_engine.engine.models import train_version

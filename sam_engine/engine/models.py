@@ -106,7 +106,7 @@ def train_version(
     }
     from ..training.train import recipe_from_config
 
-    recipe = recipe_from_config(t, finetune=finetune)
+    recipe = recipe_from_config(t)
     if settings.distributed:
         if log_fn:
             log_fn(

@@ -53,15 +53,11 @@ class TrainResult:
     model_version: str | None = None
 
 
-def recipe_from_config(t: Any, finetune: bool = False) -> dict[str, Any]:
+def recipe_from_config(t: Any) -> dict[str, Any]:
     """The interactive-training recipe of a :class:`~sam_engine.config.TrainSection` as ``train_model``
-    keyword arguments (the engine's versions and the released pretrain use the same; a fine-tune runs
-    ``finetune_ungraded_rounds_max`` ungraded rounds where that is set)."""
-    ungraded = t.ungraded_rounds_max
-    if finetune and getattr(t, "finetune_ungraded_rounds_max", None) is not None:
-        ungraded = t.finetune_ungraded_rounds_max
+    keyword arguments (the engine's versions and the released pretrain use the same)."""
     schedule = PromptSchedule(
-        ungraded_rounds_max=ungraded,
+        ungraded_rounds_max=t.ungraded_rounds_max,
         mask_only_rounds=t.mask_only_rounds,
         center_prob=t.center_prob,
     )
