@@ -75,6 +75,8 @@ def test_the_report_opens_with_a_summary_naming_every_failed_check(ws):
     failed = [v.check for v in out["failed"]]
     # no per-object results to pair, and two covered images are under the coverage floor
     assert {"v1_not_worse_than_v0", "coverage_floor"} <= set(failed)
+    # the report judges every check the run does: an annotator table without its columns fails its schema
+    assert "annotator_stats_schema" in failed
     h3 = re.findall(r"<h3>(.*?)</h3>", page)
     assert h3[0] == "Summary"
     summary = _section(page, "Summary")
@@ -113,3 +115,23 @@ def test_markdown_inline_rendering():
     assert (
         report.models_chart(pd.DataFrame({"model": ["v0"], "mIoU@1": [0.0], "NoC@90": [float("nan")]})) == ""
     )
+
+
+def test_champion_follows_the_reports_own_gates_when_the_registry_lags():
+    import pandas as pd
+
+    from sam_engine.engine.report_summary import champion_by_gates
+
+    gates = pd.DataFrame(
+        [
+            {"change": "v0 -> v1", "gate": "passed"},
+            {"change": "v1 -> v2", "gate": "passed"},
+            {"change": "v2 -> v3", "gate": "passed"},
+        ]
+    )
+    # the v3 gate (a reported check) has not moved the alias yet: the report names v3 all the same
+    assert champion_by_gates(gates, "model_v2") == "model_v3"
+    failed = gates.assign(gate=["passed", "passed", "regressed: iou@1"])
+    assert champion_by_gates(failed, "model_v2") == "model_v2"
+    assert champion_by_gates(failed.iloc[:0], "model_v0") == "model_v0"  # no evaluations: the registry's
+    assert champion_by_gates(failed, None) == "model_v2"

@@ -50,12 +50,17 @@ MODEL_KEYS = [
 ]
 
 
-def validate_stage_table(df: pd.DataFrame) -> tuple[bool, str]:
+def validate_table(schema: pa.DataFrameSchema, df: pd.DataFrame) -> tuple[bool, str]:
+    """(passed, detail) of one pandera schema over a table, every failure collected."""
     try:
-        STAGE_SCHEMA.validate(df, lazy=True)
+        schema.validate(df, lazy=True)
         return True, "ok"
     except (pa.errors.SchemaErrors, pa.errors.SchemaError) as e:
         return False, str(e)[:2000]
+
+
+def validate_stage_table(df: pd.DataFrame) -> tuple[bool, str]:
+    return validate_table(STAGE_SCHEMA, df)
 
 
 def _png_md(fig, title: str) -> str:
@@ -259,7 +264,14 @@ def engine_verdicts(
 ) -> list[checks.Verdict]:
     """Every check the engine's assets run, recomputed from their outputs by the same functions."""
     s = ws.cfg.stages
+    from ..annotation.stats import ANNOTATOR_STATS_SCHEMA
+
     out = [checks.schema("quality_schema", "quality_by_stage", *validate_stage_table(stages))]
+    out.append(
+        checks.schema(
+            "annotator_stats_schema", "annotator_stats", *validate_table(ANNOTATOR_STATS_SCHEMA, annotators)
+        )
+    )
     names = list(evals)
     for k, (prev, cur) in enumerate(zip(names, names[1:], strict=False), start=1):
         out.append(checks.no_regression(k, evals[prev], evals[cur], ws.cfg.eval))
@@ -335,7 +347,7 @@ def build_report(
     )
     made = report_summary.produced(stages, shards, ws.shards_location)
     versions = [f"model_{m}" for m in models["model"]] if len(models) else []
-    champion = registry.champion_name(ws)
+    champion = report_summary.champion_by_gates(changes, registry.champion_name(ws))
     checks_line = report_summary.check_line(verdicts, failed)
     produced_lines = report_summary.produced_lines(made, versions, champion, ws.tracking.registered_model)
     summary.update(

@@ -61,3 +61,22 @@ def produced_lines(
         notes += [f"champion: {champion}"] if champion else []
         lines.append(f"model versions: {', '.join(models)}" + (f" ({'; '.join(notes)})" if notes else ""))
     return lines
+
+
+def champion_by_gates(changes: pd.DataFrame, registered: str | None) -> str | None:
+    """The newest model whose no-regression gate passed in the report's own paired changes (``model_v3``),
+    or the registry's ``champion`` when that is newer or no gate is in the table. The v3 gate is a reported
+    check that Dagster may run after the report, so the registry alone can lag one version behind."""
+    best = registered
+    for row in changes.to_dict("records") if len(changes) else []:
+        if row.get("gate") != "passed":
+            continue
+        name = "model_" + str(row["change"]).split("->")[-1].strip()
+        if best is None or _version(name) > _version(best):
+            best = name
+    return best
+
+
+def _version(name: str) -> int:
+    digits = name.rsplit("v", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
