@@ -46,10 +46,12 @@ run: venv dagster-home
 pretrain: venv
 	$(PY) -m sam_engine.release build --profile $(PROFILE)
 
-# `dg dev`, Dagster's recommended command, on this project (pyproject's [tool.dg]); Ctrl-C or SIGTERM stops it all.
+# `dg dev`, Dagster's recommended command, on this project (pyproject's [tool.dg]), through jobs/ui.py so that
+# SIGINT and SIGTERM stop it even when a script started it in the background. Ctrl-C stops it all; so does
+# SIGTERM to `dg` or to the process group (make itself holds a SIGTERM until its recipe ends).
 UI_PORT ?= 3000
 ui: venv dagster-home
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/dg dev -h 127.0.0.1 -p $(UI_PORT)
+	$(PY) -m jobs.ui -h 127.0.0.1 -p $(UI_PORT)
 
 # MLflow on the engine's store; prints the links that open the model-training view (runs, registered versions).
 mlflow-ui: venv

@@ -1,4 +1,5 @@
-"""`make ui` starts the engine's instance with `dg dev` and stops it, whole process tree, on SIGTERM."""
+"""`make ui` starts the engine's instance with `dg dev` and stops it, whole process tree, on SIGTERM, also when
+it was started the way a script starts a background job (SIGINT ignored)."""
 
 from __future__ import annotations
 
@@ -41,14 +42,17 @@ def test_make_ui_serves_with_dg_dev_and_stops_on_sigterm(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own group, so the test can see every process it started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/server_info", proc, 240, "make ui")
         tree = [p.name() for p in _group(proc.pid)]
         assert any("dg" in n for n in tree), tree
         assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
-        # a non-interactive `kill <pid of make>`: SIGTERM to make alone, as a supervisor or script sends it
-        proc.send_signal(signal.SIGTERM)
+        # started as a script starts it in the background (SIGINT ignored, which Dagster's processes also apply
+        # to SIGTERM), then `kill <pid of dg>`: SIGTERM to dg alone stops every process, make included
+        (dg,) = [p for p in _group(proc.pid) if p.name() == "dg" or "dg dev" in " ".join(p.cmdline())]
+        dg.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 60
         while _group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
