@@ -263,9 +263,9 @@ def engine_verdicts(
     drift: dict | None,
 ) -> list[checks.Verdict]:
     """Every check the engine's assets run, recomputed from their outputs by the same functions."""
-    s = ws.cfg.stages
     from ..annotation.stats import ANNOTATOR_STATS_SCHEMA
 
+    s = ws.cfg.stages
     out = [checks.schema("quality_schema", "quality_by_stage", *validate_stage_table(stages))]
     out.append(
         checks.schema(
