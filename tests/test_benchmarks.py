@@ -20,3 +20,11 @@ def test_benchmark_rows_are_well_formed(name):
         if "ratio" in row:
             assert row["ratio"] > 0 and "baseline" in row
     assert row["metric"] in format_table(rows)
+
+
+def test_quality_rows_show_miou_at_every_reported_click():
+    from benchmarks.bench_quality import _rows
+
+    result = {"summary": {"miou@1": 0.5, "miou@10": 0.8, "miou@20": 0.9, "noc@90": 3.0}, "compliance": {}}
+    metrics = [r["metric"] for r in _rows("m", result, clicks=20)]
+    assert metrics == ["m miou@1", "m miou@10", "m miou@20", "m noc@90"]  # no row for a click not reported
