@@ -44,6 +44,11 @@ class Regions:
         self.n = int(self.labels.max()) + 1 if self.labels.size else 0
         self.counts = np.bincount(self.flat, minlength=self.n).astype(np.float64)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the label map and the region sizes."""
+        return int(self.labels.nbytes + self.counts.nbytes)
+
     @classmethod
     def of(cls, image: np.ndarray, params: SnapParams = SnapParams()) -> Regions:
         """Over-segment an HxWx3 uint8 RGB image."""
@@ -93,10 +98,17 @@ class Regions:
 
 
 class RegionCache:
-    """Least-recently-used :class:`Regions` by image key; safe to share across threads and predictors."""
+    """Least-recently-used :class:`Regions` by image key; safe to share across threads and predictors.
 
-    def __init__(self, max_entries: int = 64) -> None:
+    Bounded by entries and by bytes (the label maps). The default budget is sized for a default run's gold
+    set and the pool images people annotate (about 0.4 MB each), so that the gold evaluations of v0..v3 in one
+    ``make run`` reuse each gold image's regions: an over-segmentation costs as much as several clicks.
+    """
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 256 * 2**20) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._entries: OrderedDict[tuple[Hashable, tuple[int, ...]], Regions] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -111,10 +123,18 @@ class RegionCache:
                 return hit
         regions = Regions.of(image, params)
         with self._lock:
+            old = self._entries.pop(full, None)  # another thread may have stored it meanwhile
+            self.nbytes += regions.nbytes - (old.nbytes if old is not None else 0)
             self._entries[full] = regions
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            while len(self._entries) > 1 and (
+                len(self._entries) > self.max_entries or self.nbytes > self.max_bytes
+            ):
+                self.nbytes -= self._entries.popitem(last=False)[1].nbytes
         return regions
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 DEFAULT_REGION_CACHE = RegionCache()

@@ -107,3 +107,23 @@ def test_snap_mask_majority():
     noisy[10:13, 15:45] = False  # a bitten edge
     noisy[40:42, 15:45] = True  # a spilled edge
     assert (regions.snap_mask(noisy) == obj).all()
+
+
+def test_region_cache_is_bounded_by_bytes_and_evicts_the_least_recently_used():
+    img, _ = _scene()
+    params = SnapParams(scale=50)
+    one = Regions.of(img, params).nbytes
+    cache = RegionCache(max_entries=100, max_bytes=int(2.5 * one))
+    a = cache.get("a", img, params)
+    cache.get("b", img, params)
+    assert cache.get("a", img, params) is a  # a hit, and "a" is now the most recently used
+    cache.get("c", img, params)  # over the budget: "b", the least recently used, goes
+    assert len(cache) == 2 and cache.nbytes == 2 * one
+    assert cache.get("a", img, params) is a
+    assert ("b", img.shape, params) not in cache._entries
+    # an entry bigger than the whole budget is still kept, alone
+    tiny = RegionCache(max_bytes=1)
+    first = tiny.get("a", img, params)
+    assert tiny.get("a", img, params) is first and len(tiny) == 1
+    tiny.get("b", img, params)
+    assert len(tiny) == 1 and tiny.nbytes == one
