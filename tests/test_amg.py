@@ -275,6 +275,7 @@ def test_generator_filters_and_nms_on_fake_model():
             "point_coords",
             "stability_score",
             "crop_box",
+            "edge_contrast",  # a measurement beside SA-1B's fields (the shard writer drops it)
         }
         m = rle_utils.decode(r["segmentation"])
         assert m.sum() == r["area"] > 0
@@ -493,7 +494,7 @@ def test_top_points_fraction_decodes_only_the_most_promising_points():
 
 
 def test_snapping_and_the_quality_filter_refine_the_records():
-    from sam_engine.amg.calibration import QualityModel
+    from sam_engine.amg.calibration import FEATURES, QualityModel
 
     img = np.full((64, 64, 3), 90, dtype=np.uint8)
     img[16:48, 16:48] = (220, 40, 40)  # one object; SquareSam's 8 px square at its centre is too small
@@ -518,8 +519,10 @@ def test_snapping_and_the_quality_filter_refine_the_records():
     assert all(0.0 <= r["region_agreement"] <= 1.0 for r in snapped)
     # a quality model that dislikes masks as large as the image keeps the object only
     assert any(r["area"] == 64 * 64 for r in snapped)
-    qm = QualityModel((0.0, 0.0, 0.0, -10.0, 0.0), -5.0, (0.0,) * 5, (1.0,) * 5).as_dict()
+    qm = QualityModel((0.0, 0.0, 0.0, -10.0, 0.0), -5.0, (0.0,) * 5, (1.0,) * 5, FEATURES[:5]).as_dict()
     kept = AutomaticMaskGenerator(
         model, AmgParams(**base, snap_scale=50.0, quality_model=qm, quality_thresh=0.5)
     ).generate(img)
     assert [iou(r) for r in kept] == [1.0] and kept[0]["quality"] >= 0.5
+    # every record carries its outline's contrast: the red object against grey stands out
+    assert kept[0]["edge_contrast"] > 5.0

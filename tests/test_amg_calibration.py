@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from sam_engine.amg.calibration import (
+    FEATURES,
     QualityModel,
     Thresholds,
     calibrate,
@@ -118,12 +120,15 @@ def test_the_quality_model_learns_which_candidates_are_right_and_its_cut_carries
                 rng.normal(-5, 1, n),
             ]
         )
-        x = np.column_stack([x, x[:, 3] ** 2])
+        # right ones stand out from their surroundings more often (log edge contrast)
+        x = np.column_stack([x, x[:, 3] ** 2, rng.normal(np.where(right, 1.0, 0.0), 1.0)])
         return x, right
 
     x, y = draw(3000)
     model = QualityModel.fit(x, y)
-    assert model.weights[2] > 0 and model.weights[1] > 0  # agreement and stability raise the quality
+    assert model.features == FEATURES
+    # agreement, stability and contrast raise the quality
+    assert model.weights[2] > 0 and model.weights[1] > 0 and model.weights[5] > 0
     again = QualityModel.from_dict(model.as_dict())
     np.testing.assert_allclose(again.score(x[:5]), model.score(x[:5]))
     cut, precision, kept = choose_threshold(model.score(x), y, 0.9)
@@ -139,3 +144,36 @@ def test_choose_threshold_keeps_the_most_right_candidates_at_the_target():
     assert choose_threshold(scores, good, 0.8, min_kept=1) == (0.5, 0.8, 5)
     assert choose_threshold(scores, good, 1.0, min_kept=1) == (0.8, 1.0, 2)
     assert choose_threshold(scores, ~good & False, 0.8, min_kept=1)[2] == 1  # unreachable: keep the top one
+
+
+def test_a_stored_quality_model_scores_records_on_its_own_features():
+    records = [
+        {
+            "predicted_iou": 0.9,
+            "stability_score": 0.95,
+            "region_agreement": 0.9,
+            "area": 400,
+            "edge_contrast": 4.0,
+        },
+        {
+            "predicted_iou": 0.9,
+            "stability_score": 0.95,
+            "region_agreement": 0.9,
+            "area": 400,
+            "edge_contrast": 0.1,
+        },
+    ]
+    contrast_only = QualityModel((0.0,) * 5 + (2.0,), 0.0, (0.0,) * 6, (1.0,) * 6)
+    high, low = contrast_only.score_records(records, 64 * 64)
+    assert high > 0.9 > 0.2 > low
+    # an evaluation stored before edge contrast existed has five weights and no feature list: it still
+    # scores, on the five features it was fitted on (the contrast does not move it)
+    old = {"weights": [0.0, 0.0, 3.0, 0.0, 0.0], "bias": [0.0], "mean": [0.0] * 5, "std": [1.0] * 5}
+    before = QualityModel.from_dict(old)
+    assert before.features == FEATURES[:5]
+    a, b = before.score_records(records, 64 * 64)
+    assert a == b > 0.9
+    with pytest.raises(ValueError, match="4 weights"):
+        QualityModel.from_dict({**old, "weights": [0.0] * 4})
+    with pytest.raises(ValueError, match="5 feature columns for 6 names"):
+        QualityModel.fit(np.zeros((10, 5)), np.arange(10) % 2 == 0)

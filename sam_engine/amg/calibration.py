@@ -30,7 +30,16 @@ from ..data import rle as rle_utils
 from .params import AmgParams
 
 STABILITY_GRID = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
-FEATURES = ("predicted_iou", "stability_score", "region_agreement", "log_area", "log_area_squared")
+FEATURES = (
+    "predicted_iou",
+    "stability_score",
+    "region_agreement",
+    "log_area",
+    "log_area_squared",
+    "log_edge_contrast",
+)
+# what a stored quality model without a feature list was fitted on (evaluations made before edge contrast)
+_FEATURES_BEFORE_CONTRAST = FEATURES[:5]
 
 
 @dataclass(frozen=True)
@@ -50,16 +59,27 @@ class Thresholds:
         return params.model_copy(update=update)
 
 
-def record_features(records: Sequence[dict], image_area: int) -> np.ndarray:
-    """The :data:`FEATURES` of generated records: (N, 5). The size enters as log area fraction and its square,
-    since both very small masks (specks) and very large ones (background) are rarely objects."""
+def record_features(
+    records: Sequence[dict], image_area: int, features: Sequence[str] = FEATURES
+) -> np.ndarray:
+    """The named ``features`` (default :data:`FEATURES`) of generated records: (N, len(features)). The size
+    enters as log area fraction and its square, since both very small masks (specks) and very large ones
+    (background) are rarely objects; the colour contrast across the outline (:mod:`.contrast`) as its log.
+    A record without ``region_agreement`` or ``edge_contrast`` (no snapping; an older generator) counts as
+    agreeing fully and as standing out."""
     rows = []
     for r in records:
         log_area = float(np.log(max(1, r["area"]) / max(1, image_area)))
-        rows.append(
-            (r["predicted_iou"], r["stability_score"], r.get("region_agreement", 1.0), log_area, log_area**2)
-        )
-    return np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURES))
+        values = {
+            "predicted_iou": r["predicted_iou"],
+            "stability_score": r["stability_score"],
+            "region_agreement": r.get("region_agreement", 1.0),
+            "log_area": log_area,
+            "log_area_squared": log_area**2,
+            "log_edge_contrast": float(np.log(r.get("edge_contrast", 1.0) + 0.05)),
+        }
+        rows.append(tuple(values[f] for f in features))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(features))
 
 
 @dataclass(frozen=True)
@@ -70,18 +90,28 @@ class QualityModel:
     bias: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    features: tuple[str, ...] = FEATURES  # the record features, in the order of the weights
+
+    def score_records(self, records: Sequence[dict], image_area: int) -> np.ndarray:
+        """P(right) of each generated record (its :func:`record_features` in this model's feature order)."""
+        return self.score(record_features(records, image_area, self.features))
 
     def score(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> QualityModel:
-        """Maximum-likelihood fit (L2-regularised, L-BFGS) of labels ``y`` (bool) on features ``x``."""
+    def fit(
+        cls, x: np.ndarray, y: np.ndarray, l2: float = 1e-2, features: Sequence[str] = FEATURES
+    ) -> QualityModel:
+        """Maximum-likelihood fit (L2-regularised, L-BFGS) of labels ``y`` (bool) on ``x``, the columns of
+        which are the named ``features``."""
         from scipy.optimize import minimize
 
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
+        if x.shape[1] != len(features):
+            raise ValueError(f"QualityModel.fit: {x.shape[1]} feature columns for {len(features)} names")
         mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
         z = (x - mean) / std
 
@@ -93,19 +123,29 @@ class QualityModel:
             return float(nll), grad
 
         theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B").x
-        return cls(tuple(theta[:-1].tolist()), float(theta[-1]), tuple(mean.tolist()), tuple(std.tolist()))
+        return cls(
+            tuple(theta[:-1].tolist()),
+            float(theta[-1]),
+            tuple(mean.tolist()),
+            tuple(std.tolist()),
+            tuple(features),
+        )
 
-    def as_dict(self) -> dict[str, list[float]]:
+    def as_dict(self) -> dict[str, list]:
         return {
             "weights": list(self.weights),
             "bias": [self.bias],
             "mean": list(self.mean),
             "std": list(self.std),
+            "features": list(self.features),
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, list[float]]) -> QualityModel:
-        return cls(tuple(d["weights"]), float(d["bias"][0]), tuple(d["mean"]), tuple(d["std"]))
+    def from_dict(cls, d: dict[str, list]) -> QualityModel:
+        features = tuple(d.get("features", _FEATURES_BEFORE_CONTRAST))
+        if len(features) != len(d["weights"]):
+            raise ValueError(f"quality model: {len(d['weights'])} weights for features {list(features)}")
+        return cls(tuple(d["weights"]), float(d["bias"][0]), tuple(d["mean"]), tuple(d["std"]), features)
 
 
 def choose_threshold(

@@ -335,24 +335,27 @@ class AutomaticMaskGenerator:
             found = found.select(keep)
             found.rles, found.boxes = rles, boxes
         extra: dict[str, np.ndarray] = {}
-        if len(found) and (p.snap_scale is not None or p.quality_model is not None):
+        if len(found):
             found, extra = _refined(found, image, p)
         return _records(found, image_size, p.max_mask_area_ratio, extra)
 
 
 def _refined(found: _Masks, image: np.ndarray, p: AmgParams) -> tuple[_Masks, dict[str, np.ndarray]]:
-    """Snap the masks to the image's regions (``snap_scale``; :mod:`sam_engine.snap`), score them with the
-    calibrated quality model (``quality_model``; :mod:`.calibration`) and drop those under ``quality_thresh``,
-    then box NMS again, ranked by quality (else predicted IoU): snapping can make two masks the same. Returns
-    the masks and per-mask ``region_agreement`` (IoU of a mask with its snapped self) and ``quality``."""
-    from .calibration import QualityModel, record_features
+    """Snap the masks to the image's regions (``snap_scale``; :mod:`sam_engine.snap`), measure how their
+    outlines stand out (:mod:`.contrast`), score them with the calibrated quality model (``quality_model``;
+    :mod:`.calibration`) and drop those under ``quality_thresh``, then box NMS again, ranked by quality
+    (else predicted IoU): snapping can make two masks the same. Returns the masks and per-mask
+    ``edge_contrast``, ``region_agreement`` (IoU of a mask with its snapped self; when snapping) and
+    ``quality`` (with a quality model)."""
+    from .calibration import QualityModel
+    from .contrast import edge_contrast
 
-    extra: dict[str, np.ndarray] = {"region_agreement": np.ones(len(found))}
+    extra: dict[str, np.ndarray] = {}
+    masks = rle_utils.decode_batch(found.rles)
     if p.snap_scale is not None:
         from sam_engine.snap import Regions, SnapParams
 
         regions = Regions.of(image, SnapParams(scale=float(p.snap_scale)))
-        masks = rle_utils.decode_batch(found.rles)
         snapped = np.stack([regions.snap_mask(m) for m in masks])
         inter = (masks & snapped).reshape(len(masks), -1).sum(1)
         union = (masks | snapped).reshape(len(masks), -1).sum(1)
@@ -361,21 +364,31 @@ def _refined(found: _Masks, image: np.ndarray, p: AmgParams) -> tuple[_Masks, di
         xywh = torch.from_numpy(mask_utils.toBbox(encoded)).to(torch.int64)
         found.boxes = torch.cat([xywh[:, :2], xywh[:, :2] + (xywh[:, 2:] - 1).clamp(min=0)], dim=1)
         found.rles = [{"size": list(image.shape[:2]), "counts": r["counts"].decode("ascii")} for r in encoded]
-        areas = snapped.reshape(len(snapped), -1).sum(1)
-    else:
-        coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in found.rles]
-        areas = np.asarray(rle_utils.areas(coco))
+        masks = snapped
+    areas = masks.reshape(len(masks), -1).sum(1)
+    extra["edge_contrast"] = edge_contrast(image, masks)
     keep = np.asarray(areas) > 0
     rank = found.iou.numpy().astype(np.float64)
     if p.quality_model is not None:
         records = [
-            {"predicted_iou": i, "stability_score": s, "region_agreement": a, "area": int(n)}
-            for i, s, a, n in zip(
-                found.iou.tolist(), found.stability.tolist(), extra["region_agreement"], areas, strict=True
+            {
+                "predicted_iou": i,
+                "stability_score": s,
+                "region_agreement": a,
+                "edge_contrast": c,
+                "area": int(n),
+            }
+            for i, s, a, c, n in zip(
+                found.iou.tolist(),
+                found.stability.tolist(),
+                extra.get("region_agreement", np.ones(len(found))),
+                extra["edge_contrast"],
+                areas,
+                strict=True,
             )
         ]
-        features = record_features(records, image.shape[0] * image.shape[1])
-        extra["quality"] = QualityModel.from_dict(p.quality_model).score(features)
+        model = QualityModel.from_dict(p.quality_model)
+        extra["quality"] = model.score_records(records, image.shape[0] * image.shape[1])
         keep &= extra["quality"] >= p.quality_thresh
         rank = extra["quality"]
     idx = np.flatnonzero(keep)

@@ -42,7 +42,7 @@ class AmgParams(BaseModel):
     top_points_fraction: float = Field(1.0, gt=0.0, le=1.0)
     # A calibrated quality filter (sam_engine/amg/calibration.QualityModel.as_dict()): masks whose modelled
     # probability of being right is below quality_thresh are dropped, and NMS ranks by it. None: SAM's filters.
-    quality_model: dict[str, list[float]] | None = None
+    quality_model: dict[str, list[float] | list[str]] | None = None
     quality_thresh: float = 0.0
 
     @model_validator(mode="after")
