@@ -66,13 +66,6 @@ def model_v0(context: AssetExecutionContext, engine: EngineResource) -> Output[M
     )
 
 
-def _store_masks_corpus(ws, stages: list[int], people_only: bool = False):
-    with ws.open_store(read_only=True) as store:
-        gold_ids = {im.image_id for im in ws.gold.images}
-        frames = [human_stage.stage_masks_frame(store, s, gold_ids, people_only) for s in stages]
-    return human_stage.masks_corpus(ws, frames)
-
-
 @asset(
     group_name=GROUP,
     ins={"model_v0": AssetIn()},
@@ -82,7 +75,7 @@ def _store_masks_corpus(ws, stages: list[int], people_only: bool = False):
 def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: ModelRef) -> Output[ModelRef]:
     ws = workspace(engine)
     ref, trained = train_version(
-        ws, "model_v1", _store_masks_corpus(ws, [1]), model_v0, log_fn=context.log.info
+        ws, "model_v1", human_stage.store_masks_corpus(ws, [1]), model_v0, log_fn=context.log.info
     )
     return Output(
         ref,
@@ -102,7 +95,7 @@ def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: M
     ref, trained = train_version(
         ws,
         "model_v2",
-        _store_masks_corpus(ws, [1, 2], people_only=ws.cfg.train.v2_people_masks_only),
+        human_stage.store_masks_corpus(ws, [1, 2], people_only=ws.cfg.train.v2_people_masks_only),
         model_v1,
         log_fn=context.log.info,
     )
@@ -116,7 +109,8 @@ def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: M
     group_name=GROUP,
     ins={"model_v2": AssetIn()},
     deps=["sa1b_shards", "stage1_masks", "stage2_masks"],
-    description="v3: v2 fine-tuned on the SA-1B shards of stage 3 (plus the human-verified masks); v2's "
+    description="v3: v2 fine-tuned on the SA-1B shards of stage 3 plus the stage-1/2 masks (with "
+    "train.v3_people_masks_only, the default, the masks people made: stage 2's model proposals are left out); v2's "
     "weights carried forward (a new version, no training) when stage 3 kept fewer masks than "
     "stages.retrain_min_new_masks.",
 )
@@ -132,8 +126,8 @@ def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: M
         ref, _ = carry_forward(ws, "model_v3", model_v2, reason, log_fn=context.log.info)
         trained = False
     else:
-        merged = _merge(shards, _store_masks_corpus(ws, [1, 2]))
-        ref, trained = train_version(ws, "model_v3", merged, model_v2, log_fn=context.log.info)
+        corpus = human_stage.v3_corpus(ws, shards)
+        ref, trained = train_version(ws, "model_v3", corpus, model_v2, log_fn=context.log.info)
     return Output(
         ref,
         metadata={
@@ -145,17 +139,6 @@ def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: M
             "shard_masks": shards.num_masks,
         },
     )
-
-
-def _merge(a, b):
-    from sam_engine.data.corpus import MaskCorpus
-
-    images = {im.image_id: im for im in a.images}
-    anns = {k: list(v) for k, v in a.annotations.items()}
-    for im in b.images:
-        images.setdefault(im.image_id, im)
-        anns.setdefault(im.image_id, []).extend(b.masks_for(im.image_id))
-    return MaskCorpus(images=sorted(images.values(), key=lambda r: r.image_id), annotations=anns)
 
 
 def _eval_asset(version: int):

@@ -175,6 +175,31 @@ def masks_corpus(ws: Workspace, frames: list[pd.DataFrame]) -> MaskCorpus:
     return MaskCorpus(images=images, annotations=anns, source=f"{ws.cfg.duckdb_path}")
 
 
+def store_masks_corpus(ws: Workspace, stages: list[int], people_only: bool = False) -> MaskCorpus:
+    """The training corpus of ``stages``' accepted masks on pool images (:func:`stage_masks_frame`)."""
+    with ws.open_store(read_only=True) as store:
+        gold_ids = {im.image_id for im in ws.gold.images}
+        frames = [stage_masks_frame(store, s, gold_ids, people_only) for s in stages]
+    return masks_corpus(ws, frames)
+
+
+def merge_corpora(a: MaskCorpus, b: MaskCorpus) -> MaskCorpus:
+    """Both corpora's masks, image by image (an image in both keeps ``a``'s record and gets both masks)."""
+    images = {im.image_id: im for im in a.images}
+    anns = {k: list(v) for k, v in a.annotations.items()}
+    for im in b.images:
+        images.setdefault(im.image_id, im)
+        anns.setdefault(im.image_id, []).extend(b.masks_for(im.image_id))
+    return MaskCorpus(images=sorted(images.values(), key=lambda r: r.image_id), annotations=anns)
+
+
+def v3_corpus(ws: Workspace, shards: MaskCorpus) -> MaskCorpus:
+    """v3's training data: the stage-3 shards' masks with the stage-1/2 masks, only those people made when
+    ``train.v3_people_masks_only`` (stage 2's accepted model proposals left out)."""
+    people_only = ws.cfg.train.v3_people_masks_only
+    return merge_corpora(shards, store_masks_corpus(ws, [1, 2], people_only=people_only))
+
+
 def _fault_point(name: str, count: int) -> None:
     """Test hook: ``SAM_ENGINE_FAULT=<name>:<count>`` SIGKILLs this process when ``count`` is reached."""
     spec = os.environ.get("SAM_ENGINE_FAULT", "")

@@ -35,7 +35,8 @@ TRAINING_DATA = {
     "v0": "the public corpus (COCO-like, domain A)",
     "v1": "the stage-1 masks (assisted-manual, by annotators)",
     "v2": "the masks people made in stages 1 and 2 (train.v2_people_masks_only; stage 2: semi-automatic)",
-    "v3": "the stage-3 SA-1B shards (fully automatic) and the stage-1/2 masks",
+    "v3": "the stage-3 SA-1B shards (fully automatic) and the masks people made in stages 1 and 2 "
+    "(train.v3_people_masks_only)",
 }
 GOLD_FIGURES = (
     ("gold/miou@1", "mIoU@1"),
