@@ -275,7 +275,6 @@ def test_generator_filters_and_nms_on_fake_model():
             "point_coords",
             "stability_score",
             "crop_box",
-            "edge_contrast",  # a measurement beside SA-1B's fields (the shard writer drops it)
         }
         m = rle_utils.decode(r["segmentation"])
         assert m.sum() == r["area"] > 0

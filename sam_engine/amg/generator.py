@@ -335,7 +335,8 @@ class AutomaticMaskGenerator:
             found = found.select(keep)
             found.rles, found.boxes = rles, boxes
         extra: dict[str, np.ndarray] = {}
-        if len(found):
+        # without snapping or a quality model the records are SAM's (no second NMS, no extra measurements)
+        if len(found) and (p.snap_scale is not None or p.quality_model is not None):
             found, extra = _refined(found, image, p)
         return _records(found, image_size, p.max_mask_area_ratio, extra)
 
