@@ -10,6 +10,8 @@ its GenAI view (traces) unless a link asks for the model-training one, or the si
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -57,7 +59,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = TrackingSettings.from_config(load_config(args.profile))
     for line in links(settings, args.host, args.port):
         print(line, flush=True)
-    return subprocess.call(server_command(settings, args.host, args.port))
+    return serve(server_command(settings, args.host, args.port))
+
+
+def serve(command: list[str]) -> int:
+    """Run the server in its own process group until it exits; SIGTERM or SIGINT to this process stops the
+    whole group (the server's web and job workers too), so nothing outlives ``make mlflow-ui``."""
+    proc = subprocess.Popen(command, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        _signal_group(proc.pid, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    code = proc.wait()
+    _signal_group(proc.pid, signal.SIGTERM)  # workers the server left behind
+    return code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

@@ -54,11 +54,20 @@ def mlflow_ui(smoke_cfg, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/health", proc, 180, f"mlflow server ({printed})")
     yield {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in printed}
+    import psutil
+
+    server = psutil.Process(proc.pid).children(recursive=True)
+    assert server, "the MLflow server runs as a child of python -m sam_engine.mlflow_ui"
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    # a SIGTERM to the launcher stops the server and its workers with it
+    _, alive = psutil.wait_procs(server, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, f"left running after SIGTERM: {[p.pid for p in alive]}"
 
 
 def test_experiment_link_lists_the_engine_runs_in_the_training_view(mlflow_ui):
