@@ -65,8 +65,8 @@ def record_features(
     """The named ``features`` (default :data:`FEATURES`) of generated records: (N, len(features)). The size
     enters as log area fraction and its square, since both very small masks (specks) and very large ones
     (background) are rarely objects; the colour contrast across the outline (:mod:`.contrast`) as its log.
-    A record without ``region_agreement`` or ``edge_contrast`` (no snapping; an older generator) counts as
-    agreeing fully and as standing out."""
+    A record without ``region_agreement`` or ``edge_contrast`` (no snapping; an older generator) gets 1 for
+    each, the same for every record, so the feature then tells the model nothing."""
     rows = []
     for r in records:
         log_area = float(np.log(max(1, r["area"]) / max(1, image_area)))
