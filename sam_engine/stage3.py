@@ -121,36 +121,49 @@ def build_items(
     image_format: str,
     images_per_call: int,
 ) -> tuple[list[sa1b.ShardItem], int]:
-    """Per-image SA-1B items (blurred image bytes + document) and the number of blurred boxes."""
+    """Per-image SA-1B items (blurred image bytes + document) and the number of blurred boxes; the chunks of
+    ``images_per_call`` images are spread over worker processes (:func:`~sam_engine.parallel.fork_map`)."""
+    from .parallel import fork_map
+
+    chunks = [records[start : start + images_per_call] for start in range(0, len(records), images_per_call)]
+    done = fork_map(lambda chunk: _chunk_items(chunk, generator, blur, image_format), chunks)
+    items = [item for chunk_items, _ in done for item in chunk_items]
+    return items, sum(blurred for _, blurred in done)
+
+
+def _chunk_items(
+    chunk: Sequence[ImageRecord],
+    generator: AutomaticMaskGenerator,
+    blur: BlurStep | None,
+    image_format: str,
+) -> tuple[list[sa1b.ShardItem], int]:
     items: list[sa1b.ShardItem] = []
     blurred = 0
-    for start in range(0, len(records), images_per_call):
-        chunk = records[start : start + images_per_call]
-        images = []
-        for rec in chunk:
-            image = load_image(rec.path)
-            if blur is not None:
-                image, boxes = blur(image)
-                blurred += len(boxes)
-            images.append(image)
-        for rec, image, masks in zip(chunk, images, generator.generate_batch(images), strict=True):
-            h, w = image.shape[:2]
-            img_name, _ = sa1b.member_names(rec.image_id, image_format)
-            anns = [
-                sa1b.annotation(
-                    rec.image_id * ANN_IDS_PER_IMAGE + k,
-                    m["segmentation"],
-                    m["bbox"],
-                    m["area"],
-                    m["predicted_iou"],
-                    m["stability_score"],
-                    m["crop_box"],
-                    m["point_coords"],
-                )
-                for k, m in enumerate(masks)
-            ]
-            doc = sa1b.image_json(rec.image_id, w, h, img_name, anns)
-            items.append(sa1b.ShardItem(doc, encode_image(image, image_format), image_format))
+    images = []
+    for rec in chunk:
+        image = load_image(rec.path)
+        if blur is not None:
+            image, boxes = blur(image)
+            blurred += len(boxes)
+        images.append(image)
+    for rec, image, masks in zip(chunk, images, generator.generate_batch(images), strict=True):
+        h, w = image.shape[:2]
+        img_name, _ = sa1b.member_names(rec.image_id, image_format)
+        anns = [
+            sa1b.annotation(
+                rec.image_id * ANN_IDS_PER_IMAGE + k,
+                m["segmentation"],
+                m["bbox"],
+                m["area"],
+                m["predicted_iou"],
+                m["stability_score"],
+                m["crop_box"],
+                m["point_coords"],
+            )
+            for k, m in enumerate(masks)
+        ]
+        doc = sa1b.image_json(rec.image_id, w, h, img_name, anns)
+        items.append(sa1b.ShardItem(doc, encode_image(image, image_format), image_format))
     return items, blurred
 
 

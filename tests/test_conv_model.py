@@ -66,6 +66,34 @@ def test_forward_trains_every_parameter_of_the_conv_model():
     assert no_grad == ["prompt_encoder.no_mask_embed.weight"]
 
 
+def test_refiner_keys_computed_once_per_image_decode_and_train_as_per_prompt():
+    """Training computes the click refiner's key map per image before gathering rows per mask; the masks,
+    IoUs and every gradient equal those of keys computed from each mask's own copy of the features."""
+    model = build_sam(SMALL_CONV, seed=2).train()
+    s, lr = SMALL_CONV.img_size, SMALL_CONV.low_res_size
+    images = torch.rand(2, 3, s, s) * 255
+    index = torch.tensor([0, 1, 1, 0])
+    coords = torch.rand(4, 2, 2) * s
+    labels = torch.tensor([[1, 0], [1, 1], [1, -1], [0, 1]])
+    mask_in = torch.randn(4, 1, lr, lr)
+    results = []
+    for key_fn in (None, model.mask_decoder.refiner.keys):
+        model.zero_grad()
+        emb = model.image_encoder(images)
+        unpacked = UnpackedEmbedding.of(emb, SMALL_CONV.out_chans, index, key_fn=key_fn)
+        assert (unpacked.keys is None) == (key_fn is None)
+        logits, iou = model.decode_all(unpacked, coords, labels, None, mask_in)
+        (logits.sigmoid().mean() + iou.square().mean()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), iou.detach(), grads))
+    (la, ia, ga), (lb, ib, gb) = results
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(ia, ib)
+    assert ga.keys() == gb.keys() and "mask_decoder.refiner.key.weight" in ga
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], msg=name)
+
+
 def test_prompt_maps_place_clicks_boxes_and_the_fed_back_mask():
     model = build_sam(SMALL_CONV, seed=0).eval()
     pe = model.prompt_encoder

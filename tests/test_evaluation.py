@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
@@ -274,11 +275,24 @@ def _tiny_corpus(tmp_path, n_images=3, seed=0):
 def test_evaluate_corpus_with_component_predictor(tmp_path):
     corpus = _tiny_corpus(tmp_path)
     pred = ComponentPredictor()
-    df, summary = evaluate_corpus(pred, corpus)
+    df, summary = evaluate_corpus(pred, corpus, workers=1)
     assert len(df) == corpus.num_masks
     assert summary["miou@1"] == 1.0 and summary["noc@90"] == 1.0 and summary["nof@90"] == 0
     assert set(summary["by_region"]) == {"r0", "r1"}
     assert pred.keys == [0, 1, 2]  # one set_image per image
+
+
+def test_evaluate_corpus_in_worker_processes_gives_the_same_table(tmp_path):
+    corpus = _tiny_corpus(tmp_path)
+    serial, _ = evaluate_corpus(ComponentPredictor(), corpus, workers=1)
+    pred = ComponentPredictor()
+    seen = []
+    parallel, summary = evaluate_corpus(pred, corpus, workers=2)
+    df = evaluate_objects(pred, corpus_objects(corpus), workers=2, progress=seen.append)
+    pd.testing.assert_frame_equal(parallel, serial)
+    pd.testing.assert_frame_equal(df, serial)
+    assert not hasattr(pred, "keys") and pred.calls == []  # every click was answered in a worker process
+    assert seen[-1] == corpus.num_masks and seen == sorted(seen)
 
 
 def test_corpus_objects_subsample_is_seeded_and_grouped(tmp_path):

@@ -176,14 +176,21 @@ def best_ious(records: Sequence[dict], gt: Sequence[dict]) -> np.ndarray:
     return np.asarray(iou).max(axis=1)
 
 
-def score_candidates(
+def generate_all(
     generate: Callable[[Any], list[dict]], images: Sequence[tuple[Any, Sequence[dict]]]
-) -> pd.DataFrame:
-    """Run ``generate`` on each (image, ground truth) and score every record: image index, predicted IoU,
-    stability, best IoU with the ground truth."""
+) -> list[list[dict]]:
+    """``generate`` on each (image, ground truth)'s image, spread over worker processes
+    (:func:`~sam_engine.parallel.fork_map`), in order."""
+    from ..parallel import fork_map
+
+    return fork_map(lambda pair: generate(pair[0]), images)
+
+
+def score_records(records_of: Sequence[list[dict]], truths: Sequence[Sequence[dict]]) -> pd.DataFrame:
+    """Every record of every image scored: image index, the quality model's features, the generator's
+    quality, best IoU with that image's ground truth."""
     frames = []
-    for k, (image, gt) in enumerate(images):
-        records = generate(image)
+    for k, (records, gt) in enumerate(zip(records_of, truths, strict=True)):
         if not records:
             continue
         area = int(np.prod(records[0]["segmentation"]["size"]))
@@ -195,6 +202,13 @@ def score_candidates(
     columns = ["image", *FEATURES, "quality", "best_iou"]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     return out.assign(stability=out["stability_score"])
+
+
+def score_candidates(
+    generate: Callable[[Any], list[dict]], images: Sequence[tuple[Any, Sequence[dict]]]
+) -> pd.DataFrame:
+    """Run ``generate`` on each (image, ground truth) and score every record (:func:`score_records`)."""
+    return score_records(generate_all(generate, images), [gt for _, gt in images])
 
 
 def precision_at(scored: pd.DataFrame, thresholds: Thresholds, match_iou: float = 0.9) -> tuple[float, int]:
@@ -303,7 +317,6 @@ def _held_out_runs(
     run's records filtered. A cut on the score NMS ranks by commutes with that NMS (a mask is suppressed only
     by a higher-ranked one, which passes any cut it passes): exact for quality cuts, and for predicted-IoU
     cuts without a quality model (a stability cut there is the approximation)."""
-    records_of: list[tuple[list[dict], Sequence[dict]]] = []
     filters = [t for t, _, _ in chosen_by.values()]
     qualities = [t.quality for t in filters if t.quality is not None]
     loosest = Thresholds(
@@ -312,13 +325,9 @@ def _held_out_runs(
         min(qualities) if qualities else None,
     )
     generate = generator_for(loosest.apply(params, model.as_dict() if model is not None else None))
-
-    def run(image: Any, gt: Sequence[dict]) -> list[dict]:
-        records = generate(image)
-        records_of.append((records, gt))
-        return records
-
-    return score_candidates(lambda pair: run(*pair), [((im, gt), gt) for im, gt in held]), records_of
+    records = generate_all(generate, held)
+    truths = [gt for _, gt in held]
+    return score_records(records, truths), list(zip(records, truths, strict=True))
 
 
 def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:

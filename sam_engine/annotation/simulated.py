@@ -152,6 +152,18 @@ class ImageWork:
         return sum(m.clicks for m in self.masks)
 
 
+@dataclass
+class StartedTask:
+    """An annotation task taken from the store (:meth:`SimulatedAnnotator.start`), with the accepted masks
+    (RLE) a ``complete`` task finds on its image."""
+
+    task_id: Any
+    image_id: int
+    stage: int
+    kind: str
+    accepted: list[Any] = field(default_factory=list)
+
+
 def seeded_rng(seed: int, *keys: Any) -> np.random.Generator:
     """A generator keyed by ``seed`` and any ints / strings (strings through CRC32), order-independent."""
     parts = [int(seed) & 0xFFFFFFFF]
@@ -375,6 +387,11 @@ class SimulatedAnnotator:
 
     def work(self, task: Any) -> ImageWork:
         """Do one task (``annotate`` / ``honeypot`` / ``complete``): annotate, commit every mask, mark done."""
+        started = self.start(task)
+        return self.finish(started, self.annotate(started))
+
+    def start(self, task: Any) -> StartedTask:
+        """The store's side of taking a task: mark it in progress and read what is already covered."""
         task_id = self._task_field(task, "task_id")
         image_id = int(self._task_field(task, "image_id"))
         stage = int(self._task_field(task, "stage"))
@@ -382,19 +399,31 @@ class SimulatedAnnotator:
         if kind not in ("annotate", "honeypot", "complete"):
             raise ValueError(f"task {task_id}: kind {kind!r} is not an annotation task")
         self.store.set_task_status(task_id, "in_progress")
-        session = self.service.open_session(image_id, task_id=task_id, annotator_id=self.annotator_id)
-        gt = _gt_masks(self.ground_truth, image_id, session.height, session.width)
-        covered: list[int] = []
+        accepted: list[str] = []
         if kind == "complete":
-            accepted = self.store.masks(stage=stage, status="accepted", image_id=image_id)
-            acc = [rle_utils.decode(r) for r in accepted["rle"]] if len(accepted) else []
-            covered = covered_by(gt, acc, self.cover_iou)
-        rng = seeded_rng(self.seed, self.annotator_id, image_id, stage)
-        result = self.worker.annotate_image(session, gt, rng, covered=covered, budget_s=self.image_budget_s)
+            rows = self.store.masks(stage=stage, status="accepted", image_id=image_id)
+            accepted = list(rows["rle"]) if len(rows) else []
+        return StartedTask(task_id, image_id, stage, kind, accepted)
+
+    def annotate(self, started: StartedTask) -> ImageWork:
+        """The clicks of a started task through the session API; touches no store (so it can run in a worker
+        process, :func:`~sam_engine.engine.human_stage.simulate_stage`)."""
+        session = self.service.open_session(
+            started.image_id, task_id=started.task_id, annotator_id=self.annotator_id
+        )
+        gt = _gt_masks(self.ground_truth, started.image_id, session.height, session.width)
+        covered: list[int] = []
+        if started.kind == "complete":
+            covered = covered_by(gt, [rle_utils.decode(r) for r in started.accepted], self.cover_iou)
+        rng = seeded_rng(self.seed, self.annotator_id, started.image_id, started.stage)
+        return self.worker.annotate_image(session, gt, rng, covered=covered, budget_s=self.image_budget_s)
+
+    def finish(self, started: StartedTask, result: ImageWork) -> ImageWork:
+        """Commit the task's masks with its "done" status in one transaction; score a honeypot."""
         with self.store.transaction():  # the image's masks and the task's status land together
-            self._commit(result, task_id, image_id, stage)
-        if kind == "honeypot" and self.gold is not None:
-            result.feedback = self.gold.score_task(self.store, task_id)
+            self._commit(result, started.task_id, started.image_id, started.stage)
+        if started.kind == "honeypot" and self.gold is not None:
+            result.feedback = self.gold.score_task(self.store, started.task_id)
         return result
 
     def _commit(self, result: ImageWork, task_id: Any, image_id: int, stage: int) -> None:

@@ -21,6 +21,7 @@ from ..annotation.simulated import SimulatedAnnotator, SimulatedReviewer
 from ..data import rle as rle_utils
 from ..data.corpus import ImageRecord, MaskCorpus
 from ..model_store import ModelRef
+from ..parallel import fork_map
 from .annotators import ensure_annotators
 from .workspace import Workspace
 
@@ -94,30 +95,52 @@ def simulate_stage(
     gt = ws.ground_truth()
     gold = GoldStandard({im.image_id: ws.gold.masks_for(im.image_id) for im in ws.gold.images})
     service = SegmentationService(ws.predictor(model), ws.load, cache_size=8)
+    jobs: list[tuple[SimulatedAnnotator, Any]] = []
+    for aid, profile in profiles.items():
+        # "in_progress" tasks were interrupted (masks and the "done" status are committed together, so such a
+        # task has no masks yet): they are worked again
+        pending = [
+            t
+            for t in store.tasks_for(aid, status=["pending", "in_progress"])
+            if t["stage"] == stage and t["kind"] in ("annotate", "honeypot", "complete")
+        ]
+        sim = SimulatedAnnotator(
+            aid, profile, service, store, gt, seed=ws.cfg.seed, gold=gold, image_budget_s=s.image_budget_s
+        )
+        jobs += [(sim, task) for task in pending]
     done = 0
     try:
-        for aid, profile in profiles.items():
-            # "in_progress" tasks were interrupted (masks and the "done" status are committed together, so
-            # such a task has no masks yet): they are worked again
-            pending = [
-                t
-                for t in store.tasks_for(aid, status=["pending", "in_progress"])
-                if t["stage"] == stage and t["kind"] in ("annotate", "honeypot", "complete")
-            ]
-            if not pending:
-                continue
-            sim = SimulatedAnnotator(
-                aid, profile, service, store, gt, seed=ws.cfg.seed, gold=gold, image_budget_s=s.image_budget_s
-            )
-            for task in pending:
-                sim.work(task)
+        for segment in _independent_runs(jobs):
+            # the clicks run in worker processes; the store is written here, task by task, in queue order
+            started = [(sim, sim.start(task)) for sim, task in segment]
+            results = fork_map(lambda job: job[0].annotate(job[1]), started)
+            for (sim, st), result in zip(started, results, strict=True):
+                sim.finish(st, result)
                 done += 1
                 _fault_point(f"stage{stage}_task", done)
-            if log_fn:
-                log_fn(f"stage {stage}: {aid} ({profile.name}) finished {len(pending)} tasks")
     finally:
         service.close()
+    if log_fn:
+        for aid, profile in profiles.items():
+            n = sum(1 for sim, _ in jobs if sim.annotator_id == aid)
+            if n:
+                log_fn(f"stage {stage}: {aid} ({profile.name}) finished {n} tasks")
     return {"tasks_worked": done}
+
+
+def _independent_runs(jobs: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]:
+    """Consecutive runs of tasks that can be worked at once: a ``complete`` task reads the accepted masks of
+    its image, so it starts a new run when an earlier task of the run is on the same image."""
+    runs: list[list[tuple[Any, Any]]] = []
+    images: set[int] = set()
+    for sim, task in jobs:
+        image_id = int(task["image_id"])
+        if not runs or (task["kind"] == "complete" and image_id in images):
+            runs.append([])
+            images = set()
+        runs[-1].append((sim, task))
+        images.add(image_id)
+    return runs
 
 
 def review_stage(ws: Workspace, store, stage: int) -> int:

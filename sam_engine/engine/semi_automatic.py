@@ -36,14 +36,24 @@ def propose(
     done = store.query("SELECT DISTINCT image_id FROM masks WHERE stage = 2 AND source = 'model'")
     done_ids = set(done["image_id"].astype(int)) if len(done) else set()
     prior = _proposal_log(ws)
-    gen = None
+    todo = [rec for rec in images if not (rec.image_id in done_ids and rec.image_id in prior)]
+    generated: dict[int, list[dict]] = {}
+    if todo:
+        from ..parallel import fork_map
+
+        generate = AutomaticMaskGenerator(ws.load_model(model), params).generate
+        bar = tqdm(total=len(todo), desc="stage-2 proposals", leave=False, disable=None)
+        found = fork_map(
+            lambda rec: generate(ws.load(rec.image_id)), todo, progress=lambda n: bar.update(n - bar.n)
+        )
+        bar.close()
+        generated = {rec.image_id: p for rec, p in zip(todo, found, strict=True)}
     rows = []
-    for rec in tqdm(images, desc="stage-2 proposals", leave=False, disable=None):
-        if rec.image_id in done_ids and rec.image_id in prior:
+    for rec in images:
+        if rec.image_id not in generated:
             rows.append(prior[rec.image_id])
             continue
-        gen = gen or AutomaticMaskGenerator(ws.load_model(model), params)
-        proposals = gen.generate(ws.load(rec.image_id))
+        proposals = generated[rec.image_id]
         report = commit_proposals(
             store,
             rec.image_id,

@@ -12,6 +12,7 @@ NoF (objects that never reach k).
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -193,9 +194,16 @@ def evaluate_objects(
     objects: Iterable[EvalObject],
     protocol: ClickProtocol | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = 1,
 ) -> pd.DataFrame:
-    """Run the protocol on every object (images set once per run of equal ``image_key``); one row per object."""
+    """Run the protocol on every object (images set once per run of equal ``image_key``); one row per object.
+
+    ``workers`` other than 1 spreads the images over forked worker processes
+    (:func:`~sam_engine.parallel.fork_map`; None: one per torch thread); the table is the same, in order.
+    """
     protocol = protocol or ClickProtocol()
+    if workers != 1:
+        return _evaluate_in_workers(predictor, objects, protocol, progress, workers)
     rows = []
     current_key: Any = object()
     for i, obj in enumerate(objects):
@@ -225,6 +233,27 @@ def evaluate_objects(
         if progress is not None:
             progress(i + 1)
     return pd.DataFrame(rows)
+
+
+def _evaluate_in_workers(
+    predictor: Predictor,
+    objects: Iterable[EvalObject],
+    protocol: ClickProtocol,
+    progress: Callable[[int], None] | None,
+    workers: int | None,
+) -> pd.DataFrame:
+    from ..parallel import fork_map
+
+    groups = [list(g) for _, g in itertools.groupby(objects, key=lambda o: o.image_key)]
+    ends = np.cumsum([len(g) for g in groups]).tolist()
+    frames = fork_map(
+        lambda group: evaluate_objects(predictor, group, protocol),
+        groups,
+        workers,
+        progress=None if progress is None else (lambda done: progress(ends[done - 1])),
+    )
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _summary_of(df: pd.DataFrame, protocol: ClickProtocol) -> dict[str, float]:
@@ -352,11 +381,13 @@ def evaluate_corpus(
     max_objects: int | None = None,
     seed: int = 0,
     min_area: int = 1,
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Evaluate a predictor on a corpus's objects: per-object DataFrame and summary dict."""
+    """Evaluate a predictor on a corpus's objects: per-object DataFrame and summary dict (images spread over
+    ``workers`` processes, by default one per torch thread; see :func:`evaluate_objects`)."""
     protocol = protocol or ClickProtocol()
     objects = corpus_objects(corpus, max_objects, seed, min_area)
-    df = evaluate_objects(predictor, _skip_empty(objects), protocol)
+    df = evaluate_objects(predictor, _skip_empty(objects), protocol, workers=workers)
     return df, summarize(df, protocol)
 
 

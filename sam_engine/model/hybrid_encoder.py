@@ -18,7 +18,7 @@ starts as the plain ViT and brings the detail in as it learns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -46,19 +46,34 @@ def packed_channels(out_chans: int, mask_scale: int = 4) -> int:
 
 class UnpackedEmbedding(NamedTuple):
     """An image embedding already split by :func:`split_high_res` (and gathered per prompt), which the mask
-    decoder takes in place of the packed tensor: training unpacks once per step instead of once per round."""
+    decoder takes in place of the packed tensor: training unpacks once per step instead of once per round.
+
+    ``keys`` is the click refiner's key map per prompt, when the caller computed it once per image (training
+    does, with :meth:`of`'s ``key_fn``): the decoder then reads it instead of computing it again from each
+    prompt's copy of the features, in every round.
+    """
 
     embedding: torch.Tensor
     high_res: list[torch.Tensor]
+    keys: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, packed: torch.Tensor, out_chans: int, index: torch.Tensor | None = None) -> UnpackedEmbedding:
-        """Split ``packed`` (B images) and, with ``index`` (M,), gather one row per prompt."""
+    def of(
+        cls,
+        packed: torch.Tensor,
+        out_chans: int,
+        index: torch.Tensor | None = None,
+        key_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> UnpackedEmbedding:
+        """Split ``packed`` (B images) and, with ``index`` (M,), gather one row per prompt. ``key_fn`` maps the
+        stride-4 detail features (B images) to the refiner's key map, computed before the gather."""
         emb, high_res = split_high_res(packed, out_chans)
+        keys = key_fn(high_res[1]) if key_fn is not None and len(high_res) >= 2 else None
         if index is not None:
             emb = emb.index_select(0, index)
             high_res = [d.index_select(0, index) for d in high_res]
-        return cls(emb, high_res)
+            keys = None if keys is None else keys.index_select(0, index)
+        return cls(emb, high_res, keys)
 
 
 def split_high_res(embedding: torch.Tensor, out_chans: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

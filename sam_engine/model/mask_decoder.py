@@ -251,13 +251,14 @@ class MaskDecoder(nn.Module):
         """The two-way transformer: (output tokens B x T x C, image tokens B x C x h x w, detail features,
         the click refiner's (key map, clicked keys) or None)."""
         b = sparse_prompt_embeddings.shape[0]
+        keys = None
         if isinstance(image_embeddings, UnpackedEmbedding):
-            image_embeddings, high_res = image_embeddings
+            image_embeddings, high_res, keys = image_embeddings
         else:
             image_embeddings, high_res = split_high_res(image_embeddings, self.transformer_dim)
         clicks = None
         if self.refiner is not None and prompt_maps is not None and len(high_res) >= 2:
-            keys = self.refiner.keys(high_res[1])
+            keys = self.refiner.keys(high_res[1]) if keys is None else keys
             clicked = None
             if prompt_maps.coords is not None and prompt_maps.coords.shape[1] > 0:
                 clicked = self.refiner.click_keys(keys, prompt_maps.coords)

@@ -142,8 +142,14 @@ class SamModule(L.LightningModule):
         """Run the prompt rounds for M masks (gt (M,S,S) bool) and return the losses. ``embeddings`` is
         (M,C,h,w), or one row per image with ``image_index`` (M,) naming each mask's image."""
         model = self.model
-        # unpacked (and gathered per mask) once for all rounds
-        embeddings = UnpackedEmbedding.of(embeddings, model.mask_decoder.transformer_dim, image_index)
+        # unpacked (and gathered per mask) once for all rounds; the refiner's key map is computed per image
+        refiner = model.mask_decoder.refiner
+        embeddings = UnpackedEmbedding.of(
+            embeddings,
+            model.mask_decoder.transformer_dim,
+            image_index,
+            key_fn=None if refiner is None else refiner.keys,
+        )
         s = gt_full.shape[-1]
         low = model.prompt_encoder.mask_input_size[0]
         factor = s // low
