@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -48,6 +49,10 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    # The parent's handlers (Dagster turns SIGINT / SIGTERM into exceptions) are not the worker's: the pool
+    # stops its workers with SIGTERM, and an interrupt is the parent's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(index: int) -> Any:
@@ -81,13 +86,18 @@ def fork_map(
     if _JOB is not None:
         raise RuntimeError("fork_map: nested or concurrent calls are not supported")
     _JOB = (fn, items)
+    pool = mp.get_context("fork").Pool(w, initializer=_init_worker)
     try:
-        with mp.get_context("fork").Pool(w, initializer=_init_worker) as pool:
-            out = []
-            for r in pool.imap(_run, range(n)):
-                out.append(r)
-                if progress is not None:
-                    progress(len(out))
-            return out
+        out = []
+        for r in pool.imap(_run, range(n)):
+            out.append(r)
+            if progress is not None:
+                progress(len(out))
+        pool.close()  # the workers finish their loop and exit
+        return out
+    except BaseException:
+        pool.terminate()
+        raise
     finally:
+        pool.join()
         _JOB = None

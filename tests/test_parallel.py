@@ -51,3 +51,31 @@ def test_a_closure_reaches_the_workers_and_their_errors_come_back():
     with pytest.raises(ValueError, match="bad item 2"):
         fork_map(fail, [1, 2, 3], workers=2)
     assert fork_map(lambda x: x, [], workers=2) == []
+
+
+def test_workers_exit_cleanly_under_a_parent_that_turns_sigterm_into_an_exception(capfd):
+    """Dagster's step process raises on SIGTERM; forked workers must not inherit that (they would print a
+    traceback instead of exiting when the pool stops them)."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        assert fork_map(lambda x: x * 2, list(range(6)), workers=2) == [0, 2, 4, 6, 8, 10]
+        with pytest.raises(ValueError, match="first item"):  # the pool is stopped with SIGTERM
+            fork_map(_fail_first, list(range(6)), workers=2)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    err = capfd.readouterr().err
+    assert "Interrupted" not in err and "Traceback" not in err
+
+
+def _fail_first(x: int) -> int:
+    if x == 0:
+        raise ValueError("first item")
+    return x
