@@ -28,6 +28,7 @@ def _setup(quick: bool):
     from sam_engine.engine.models import amg_params
     from sam_engine.evaluation.interactive import EvalObject
     from sam_engine.model.checkpoint import load_model
+    from sam_engine.snap import DEFAULT_REGION_CACHE
     from sam_engine.zoom import interactive_predictor
 
     cfg = load_config("default")
@@ -39,7 +40,11 @@ def _setup(quick: bool):
         for k, a in enumerate(s.annotations[: 2 if quick else 8])
     ]
     m = cfg.model
-    predictor = interactive_predictor(model, zoom=m.zoom_in, expansion=m.zoom_expansion, snap=m.snap)
+
+    def predictor():
+        """A predictor with empty caches (embeddings and, process-wide, the snapping regions)."""
+        DEFAULT_REGION_CACHE.clear()
+        return interactive_predictor(model, zoom=m.zoom_in, expansion=m.zoom_expansion, snap=m.snap)
 
     params = amg_params(SimpleNamespace(cfg=cfg)).model_copy(
         update={"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
@@ -57,6 +62,7 @@ def run(quick: bool = False) -> list[dict]:
     from sam_engine.amg import AutomaticMaskGenerator
     from sam_engine.evaluation.interactive import ClickProtocol, evaluate_objects
     from sam_engine.parallel import fork_map, pool_workers
+    from sam_engine.snap import DEFAULT_REGION_CACHE
     from sam_engine.threads import configure_torch_threads
 
     configure_torch_threads()
@@ -64,11 +70,18 @@ def run(quick: bool = False) -> list[dict]:
     model, predictor, objects, images, params = _setup(quick)
     protocol = ClickProtocol(max_clicks=5 if quick else 20)
     generate = AutomaticMaskGenerator(model, params).generate
-    evaluate_objects(predictor, objects[:1], protocol)  # warm-up: first calls, region cache of one image
-    serial, t_serial = _timed(lambda: evaluate_objects(predictor, objects, protocol))
-    spread, t_spread = _timed(lambda: evaluate_objects(predictor, objects, protocol, workers=workers))
-    amg_serial, a_serial = _timed(lambda: [generate(im) for im in images])
-    amg_spread, a_spread = _timed(lambda: fork_map(generate, images, workers))
+    evaluate_objects(predictor(), objects[:1], protocol)  # warm-up: the first calls of every code path
+    # each way starts from empty caches: forked workers would otherwise inherit the regions and embeddings
+    # the other way computed
+    serial, t_serial = _timed(lambda: evaluate_objects(predictor(), objects, protocol))
+    spread, t_spread = _timed(lambda: evaluate_objects(predictor(), objects, protocol, workers=workers))
+
+    def amg(n_workers: int) -> list[list[dict]]:
+        DEFAULT_REGION_CACHE.clear()  # the snapping regions of these images were computed above
+        return fork_map(generate, images, n_workers)
+
+    amg_serial, a_serial = _timed(lambda: amg(1))
+    amg_spread, a_spread = _timed(lambda: amg(workers))
     same_clicks = serial.drop(columns=["clicks"]).equals(spread.drop(columns=["clicks"]))
     same_masks = [[r["segmentation"]["counts"] for r in recs] for recs in amg_serial] == [
         [r["segmentation"]["counts"] for r in recs] for recs in amg_spread

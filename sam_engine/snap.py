@@ -101,8 +101,10 @@ class RegionCache:
     """Least-recently-used :class:`Regions` by image key; safe to share across threads and predictors.
 
     Bounded by entries and by bytes (the label maps). The default budget is sized for a default run's gold
-    set and the pool images people annotate (about 0.4 MB each), so that the gold evaluations of v0..v3 in one
-    ``make run`` reuse each gold image's regions: an over-segmentation costs as much as several clicks.
+    set and the pool images people annotate (about 0.4 MB each), so that a process that answers the clicks of
+    several evaluations reuses each gold image's regions: an over-segmentation costs as much as several clicks.
+    Forked workers (:mod:`sam_engine.parallel`) inherit the entries present when they start; what they add
+    stays in them.
     """
 
     def __init__(self, max_entries: int = 1024, max_bytes: int = 256 * 2**20) -> None:
@@ -135,6 +137,12 @@ class RegionCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = 0
 
 
 DEFAULT_REGION_CACHE = RegionCache()

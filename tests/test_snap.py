@@ -127,3 +127,6 @@ def test_region_cache_is_bounded_by_bytes_and_evicts_the_least_recently_used():
     assert tiny.get("a", img, params) is first and len(tiny) == 1
     tiny.get("b", img, params)
     assert len(tiny) == 1 and tiny.nbytes == one
+    tiny.clear()
+    assert len(tiny) == 0 and tiny.nbytes == 0
+    assert tiny.get("a", img, params) is not first  # computed again
