@@ -50,9 +50,10 @@ def coco_objects(
 
 
 def run_protocol(predictor: Any, objects: list[EvalObject], protocol: ClickProtocol) -> dict[str, Any]:
-    """Summary, compliance per click number and seconds of one predictor on ``objects``."""
+    """Summary, compliance per click number and seconds of one predictor on ``objects`` (images spread over
+    worker processes, :func:`~sam_engine.parallel.fork_map`)."""
     t0 = time.perf_counter()
-    df = evaluate_objects(predictor, objects, protocol)
+    df = evaluate_objects(predictor, objects, protocol, workers=None)
     return {
         "summary": {k: v for k, v in summarize(df, protocol).items() if isinstance(v, int | float)},
         "compliance": {str(k): v for k, v in compliance_by_click(df, protocol.max_clicks).items()},
