@@ -79,3 +79,22 @@ def _fail_first(x: int) -> int:
     if x == 0:
         raise ValueError("first item")
     return x
+
+
+def test_annotation_tasks_split_where_a_completion_needs_an_earlier_commit():
+    """Simulated annotators' tasks run in workers a batch at a time; a ``complete`` task reads the accepted masks
+    of its image, so it waits for any earlier task of the batch on that image to be committed."""
+    from sam_engine.engine.human_stage import _independent_runs
+
+    tasks = [
+        {"image_id": 1, "kind": "annotate"},
+        {"image_id": 1, "kind": "annotate"},  # overlap: both people annotate image 1 at once
+        {"image_id": 2, "kind": "complete"},
+        {"image_id": 1, "kind": "complete"},  # needs image 1's commits: a new batch
+        {"image_id": 3, "kind": "honeypot"},
+        {"image_id": 3, "kind": "complete"},  # needs image 3's
+    ]
+    runs = _independent_runs([("sim", t) for t in tasks])
+    assert [[t["image_id"] for _, t in run] for run in runs] == [[1, 1, 2], [1, 3], [3]]
+    assert [t for run in runs for _, t in run] == tasks  # queue order kept
+    assert _independent_runs([]) == []
