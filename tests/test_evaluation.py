@@ -118,6 +118,36 @@ def test_padded_distance_counts_border_as_outside():
     assert padded_distance(np.zeros((3, 3), bool)).max() == 0.0
 
 
+def test_padded_distance_is_scipys_euclidean_transform_and_places_the_same_clicks():
+    from scipy import ndimage
+
+    def exact(m):
+        return ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:90, :130]
+
+    def blob():
+        cy, cx, r = rng.integers(0, 90), rng.integers(0, 130), rng.integers(4, 60)
+        return ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) ^ (rng.random((90, 130)) < 0.02)
+
+    masks = np.stack([blob() for _ in range(6)])
+    masks[5] = False  # an empty slice stays zero
+    batch = padded_distance(masks)
+    assert batch.shape == masks.shape
+    for m, d in zip(masks, batch, strict=True):
+        np.testing.assert_array_equal(d, exact(m))
+        np.testing.assert_array_equal(padded_distance(m), d)
+    # the protocol's strict comparisons and first-maximum ties see what the exact transform gives
+    for _ in range(20):
+        gt, pred = blob(), blob()
+        fn, fp = exact(gt & ~pred), exact(pred & ~gt)
+        deepest = fn if fn.max() > fp.max() else fp
+        y, x = divmod(int(np.argmax(deepest)), deepest.shape[1])
+        c = next_click(gt, pred)
+        assert (c.x, c.y, c.positive) == (x, y, bool(fn.max() > fp.max()))
+
+
 def test_first_click_is_deepest_pixel_first_in_row_major_order():
     gt = rect((12, 12), 2, 8, 2, 10)  # 6 rows x 8 cols: depth 3 on rows 4-5, cols 4-7
     assert first_click(gt) == Click(x=4, y=4, positive=True)

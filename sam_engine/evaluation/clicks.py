@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -27,13 +28,32 @@ class Click:
         return 1 if self.positive else 0
 
 
+# float32 distances d have a relative error under 2**-23, so d**2 is within 0.5 of its integer below ~1400 px
+_EXACT_DEPTH = 1400.0
+
+
 def padded_distance(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each mask pixel to the nearest non-mask pixel, the border counting as outside."""
+    """Euclidean distance of each mask pixel to the nearest non-mask pixel, the border counting as outside.
+
+    The same float64 values as ``scipy.ndimage.distance_transform_edt``, about 5x faster: OpenCV's exact
+    transform (``DIST_MASK_PRECISE``) gives float32 distances whose last bit can differ from one call to the
+    next on the same mask, which would break the protocol's ties; squared and rounded, they are the integer
+    squared distances again (exactly, up to depths of :data:`_EXACT_DEPTH` px; scipy beyond). A (M, H, W)
+    batch gets each slice's own 2-D distances.
+    """
     mask = np.asarray(mask, dtype=bool)
+    if mask.ndim == 3:
+        out = np.zeros(mask.shape, dtype=np.float64)
+        for i, m in enumerate(mask):
+            out[i] = padded_distance(m)
+        return out
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.float64)
     padded = np.pad(mask, 1, mode="constant", constant_values=False)
-    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+    approx = cv2.distanceTransform(padded.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    if approx.max() > _EXACT_DEPTH:
+        return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+    return np.sqrt(np.rint(np.square(approx, dtype=np.float64)))
 
 
 def _deepest(dt: np.ndarray) -> tuple[int, int, float]:

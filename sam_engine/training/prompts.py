@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
+
+from ..evaluation.clicks import padded_distance
 
 LABEL_PAD, LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
 
@@ -218,10 +219,8 @@ def first_prompts(
 def region_depth(region: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of each pixel of an (M, h, w) bool batch to the outside of its region, the image
     border counting as outside (the click protocol's padded distance transform); 0 outside."""
-    padded = np.pad(region.cpu().numpy(), ((0, 0), (1, 1), (1, 1)))
-    # one 3-D transform for the batch; the huge spacing between slices keeps each row's distances 2-D
-    depth = ndimage.distance_transform_edt(padded, sampling=(1e6, 1.0, 1.0))[:, 1:-1, 1:-1]
-    return torch.from_numpy(depth.astype(np.float32)).to(region.device)
+    depth = padded_distance(region.cpu().numpy()).astype(np.float32)
+    return torch.from_numpy(depth).to(region.device)
 
 
 def deepest_error_points(
