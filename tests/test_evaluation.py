@@ -148,6 +148,26 @@ def test_padded_distance_is_scipys_euclidean_transform_and_places_the_same_click
         assert (c.x, c.y, c.positive) == (x, y, bool(fn.max() > fp.max()))
 
 
+def test_padded_distance_hands_depths_beyond_the_exact_range_to_scipy(monkeypatch):
+    from scipy import ndimage
+
+    from sam_engine.evaluation import clicks
+
+    calls, real = [], ndimage.distance_transform_edt
+
+    def spy(a, *args, **kwargs):
+        calls.append(a.shape)
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(clicks.ndimage, "distance_transform_edt", spy)
+    m = np.ones((40, 50), dtype=bool)  # depths reach 20
+    first = clicks.padded_distance(m)
+    assert calls == []  # within the exact range: OpenCV only
+    monkeypatch.setattr(clicks, "_EXACT_DEPTH", 5.0)
+    np.testing.assert_array_equal(clicks.padded_distance(m), first)
+    assert calls == [(42, 52)]  # beyond it: scipy, on the padded mask
+
+
 def test_first_click_is_deepest_pixel_first_in_row_major_order():
     gt = rect((12, 12), 2, 8, 2, 10)  # 6 rows x 8 cols: depth 3 on rows 4-5, cols 4-7
     assert first_click(gt) == Click(x=4, y=4, positive=True)

@@ -35,7 +35,8 @@ _EXACT_DEPTH = 1400.0
 def padded_distance(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance of each mask pixel to the nearest non-mask pixel, the border counting as outside.
 
-    The same float64 values as ``scipy.ndimage.distance_transform_edt``, about 5x faster: OpenCV's exact
+    The same float64 values as ``scipy.ndimage.distance_transform_edt``, a few times faster (see
+    ``benchmarks/bench_distance.py``): OpenCV's exact
     transform (``DIST_MASK_PRECISE``) gives float32 distances whose last bit can differ from one call to the
     next on the same mask, which would break the protocol's ties; squared and rounded, they are the integer
     squared distances again (exactly, up to depths of :data:`_EXACT_DEPTH` px; scipy beyond). A (M, H, W)
