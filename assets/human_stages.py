@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, AssetIn, MetadataValue, Output, asset
 
 from assets._common import table_md, workspace
 from jobs.resources import EngineResource
-from sam_engine.engine import human_stage, semi_automatic
+from sam_engine.engine import human_stage, pseudo_labels, semi_automatic
 from sam_engine.engine.splits import stage_split
 from sam_engine.model_store import ModelRef
 from sam_engine.visualize import grid, markdown_image, overlay
@@ -171,3 +171,29 @@ def stage2_masks(context: AssetExecutionContext, engine: EngineResource, model_v
     summary.update(worked)
     summary["review_verdicts"] = verdicts
     return Output(summary, metadata={**summary, "preview": MetadataValue.md(preview)})
+
+
+@asset(
+    group_name=GROUP2,
+    deps=["target_pool"],
+    ins={"model_v1": AssetIn(), "eval_model_v1": AssetIn()},
+    description="v1's pseudo-labels: its automatic masks at stage 2's calibrated auto-accept cut on the images "
+    "stage 3 will take, as training data for v2 beside the people's masks (train.v2_pseudo_labels); never part "
+    "of the dataset, which stage 3 writes over the same images with v2.",
+)
+def v1_pseudo_labels(
+    context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef, eval_model_v1: dict
+) -> Output[dict]:
+    from sam_engine.engine.quality import stage3_audit
+    from sam_engine.engine.report import stage_overlay
+
+    ws = workspace(engine)
+    info = pseudo_labels.write_pseudo_labels(ws, stage_split(ws.pool, ws.cfg)[3], model_v1)
+    corpus = pseudo_labels.pseudo_label_corpus(info, ws)
+    meta = {k: info[k] for k in ("images", "masks", "masks_per_image")}
+    if info["masks"] and ws.pool_gt is not None:  # simulated pools: the hidden ground truth says how good
+        audit = stage3_audit([info], corpus.annotations, ws.ground_truth())
+        info["share_iou>0.9"] = meta["share_iou>0.9"] = float(audit.iloc[-1]["share_iou>0.9"])
+    context.log.info(f"v1 pseudo-labels: {info['masks']} masks on {info['images']} images")
+    preview = stage_overlay(ws, corpus.annotations, "v1 pseudo-labels (v2's training data)")
+    return Output(info, metadata={**meta, "model": model_v1.name, "preview": MetadataValue.md(preview)})

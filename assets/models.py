@@ -18,7 +18,7 @@ from dagster import (
 from assets._common import model_metadata, numeric, picture_metadata, workspace
 from jobs.resources import EngineResource
 from sam_engine.data.corpora import load_public
-from sam_engine.engine import human_stage, registry
+from sam_engine.engine import human_stage, pseudo_labels, registry
 from sam_engine.engine.models import (
     carry_forward,
     evaluate_version,
@@ -85,23 +85,27 @@ def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: M
 
 @asset(
     group_name=GROUP,
-    ins={"model_v1": AssetIn()},
+    ins={"model_v1": AssetIn(), "v1_pseudo_labels": AssetIn()},
     deps=["stage1_masks", "stage2_masks"],
     description="v2: v1 fine-tuned on stage-1 and stage-2 masks (with train.v2_people_masks_only, the default, "
-    "the masks people made: stage 2's model proposals are left out).",
+    "the masks people made: stage 2's model proposals are left out) and v1's pseudo-labels on the stage-3 "
+    "images (train.v2_pseudo_labels).",
 )
-def model_v2(context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef) -> Output[ModelRef]:
+def model_v2(
+    context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef, v1_pseudo_labels: dict
+) -> Output[ModelRef]:
     ws = workspace(engine)
-    ref, trained = train_version(
-        ws,
-        "model_v2",
-        human_stage.store_masks_corpus(ws, [1, 2], people_only=ws.cfg.train.v2_people_masks_only),
-        model_v1,
-        log_fn=context.log.info,
-    )
+    pseudo = pseudo_labels.pseudo_label_corpus(v1_pseudo_labels, ws)
+    corpus = human_stage.v2_corpus(ws, pseudo)
+    ref, trained = train_version(ws, "model_v2", corpus, model_v1, log_fn=context.log.info)
     return Output(
         ref,
-        metadata={**model_metadata(ref), **picture_metadata(ws, ref, context.log), "trained_now": trained},
+        metadata={
+            **model_metadata(ref),
+            **picture_metadata(ws, ref, context.log),
+            "trained_now": trained,
+            "pseudo_label_masks": pseudo.num_masks,
+        },
     )
 
 

@@ -176,6 +176,7 @@ def shard_drift(context: AssetExecutionContext, engine: EngineResource, sa1b_sha
         "sa1b_shards": AssetIn(),
         "stage3_audit": AssetIn(),
         "shard_drift": AssetIn(),
+        "v1_pseudo_labels": AssetIn(),
     },
     description="The engine report: failed checks first, then stages, the stage-3 audit, models v0..v3 on the "
     "gold set, coverage, annotators, mask overlays per stage; text, Markdown, HTML and JSON.",
@@ -193,6 +194,7 @@ def engine_report(
     sa1b_shards: dict,
     stage3_audit: pd.DataFrame,
     shard_drift: dict,
+    v1_pseudo_labels: dict,
 ) -> Output[dict]:
     ws = workspace(engine)
     evals = {"v0": eval_model_v0, "v1": eval_model_v1, "v2": eval_model_v2, "v3": eval_model_v3}
@@ -205,6 +207,7 @@ def engine_report(
         _shards_list(context, sa1b_shards),
         audit=stage3_audit,
         drift=shard_drift,
+        pseudo_labels=v1_pseudo_labels,
     )
     context.log.info("\n" + rep["text"])
     return Output(

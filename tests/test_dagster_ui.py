@@ -32,6 +32,7 @@ def test_asset_graph_page_shows_the_engine(webserver):
             "stage1_masks": ("stage1_tasks", "model_v0"),
             "stage2_proposals": ("model_v1", "eval_model_v1", "stage2_tasks"),
             "stage2_masks": ("stage2_tasks", "model_v1"),
+            "v1_pseudo_labels": ("model_v1", "model_v2"),
             "sa1b_shards": ("stage3_plan", "model_v2"),
             "model_v3": ("model_v2", "eval_model_v3"),
         }

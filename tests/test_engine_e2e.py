@@ -30,7 +30,8 @@ def test_lineage_is_the_engine(engine_run):
     assert {"model_v0", "stage1_masks"} <= parents["model_v1"]
     assert "model_v1" in parents["stage2_proposals"] and "stage2_proposals" in parents["stage2_tasks"]
     assert "stage2_tasks" in parents["stage2_masks"]
-    assert {"model_v1", "stage2_masks"} <= parents["model_v2"]
+    assert {"model_v1", "eval_model_v1"} <= parents["v1_pseudo_labels"]
+    assert {"model_v1", "stage2_masks", "v1_pseudo_labels"} <= parents["model_v2"]
     assert "model_v2" in parents["sa1b_shards"]
     assert {"model_v2", "sa1b_shards"} <= parents["model_v3"]
     for v in range(4):
@@ -41,6 +42,9 @@ def test_every_stage_produced_masks(engine_run):
     data, instance = engine_run
     assert _meta(instance, "stage1_masks")["masks"].value > 0
     assert _meta(instance, "stage2_masks")["masks"].value > 0
+    # v2 trained on what v1 pseudo-labelled, beside the people's masks
+    pseudo = _meta(instance, "v1_pseudo_labels")["masks"].value
+    assert _meta(instance, "model_v2")["pseudo_label_masks"].value == pseudo
     shards = sorted((data / "shards").glob("*.tar"))
     assert shards
     from sam_engine.data.sa1b import read_shard_records
@@ -131,6 +135,7 @@ STEPS = (
     "eval_model_v1",
     "stage2_proposals",
     "stage2_masks",
+    "v1_pseudo_labels",
     "model_v2",
     "stage3_plan",
     "sa1b_shards",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 
@@ -77,44 +76,17 @@ def test_evaluation_is_reused_for_the_same_weights_only(ws_with_v2, monkeypatch,
 def test_v3_learns_from_the_shards_and_the_stage_1_2_masks(smoke_cfg, smoke_data_dir, people_only):
     """v3's corpus: the shards' masks, the stage-1/2 human masks and, unless ``v3_people_masks_only``, stage
     2's accepted model proposals; an image in both the shards and the store gets both its masks."""
-    from sam_engine.data import rle as rle_utils
+    from store_masks import box, people_and_proposal
+
     from sam_engine.data.corpus import MaskCorpus
     from sam_engine.engine.human_stage import v3_corpus
     from sam_engine.engine.workspace import Workspace
-    from sam_engine.stage2 import commit_proposals
 
     cfg = smoke_cfg.model_copy(update={"data_dir": smoke_data_dir}, deep=True)
     cfg.train.v3_people_masks_only = people_only
     ws = Workspace(cfg)
     a, b = ws.pool.images[:2]
-
-    def box(rec, y0, y1, x0, x1):
-        m = np.zeros((rec.height, rec.width), bool)
-        m[y0:y1, x0:x1] = True
-        return rle_utils.encode(m)
-
-    with ws.open_store() as store:
-        store.add_images(
-            [
-                {"image_id": r.image_id, "file_name": r.file_name, "width": r.width, "height": r.height}
-                for r in (a, b)
-            ]
-        )
-        store.add_annotator("ann", role="annotator")
-        for stage, rec in ((1, a), (2, b)):
-            store.commit_mask(
-                task_id=None,
-                image_id=rec.image_id,
-                annotator_id="ann",
-                stage=stage,
-                source="human",
-                rle=box(rec, 0, 10, 0, 10),
-                predicted_iou=None,
-                clicks=2,
-                seconds=5.0,
-            )
-        proposal = {"segmentation": box(b, 20, 30, 20, 30), "predicted_iou": 0.99}
-        commit_proposals(store, b.image_id, [proposal], height=b.height, width=b.width)
+    people_and_proposal(ws, a, b)
     shard_mask = {"id": 900, "image_id": a.image_id, "segmentation": box(a, 30, 40, 30, 40), "iscrowd": 0}
     shards = MaskCorpus(images=[a], annotations={a.image_id: [shard_mask]})
     corpus = v3_corpus(ws, shards)

@@ -52,14 +52,16 @@ def _evals() -> dict[str, dict]:
     }
 
 
-def _build(ws):
+def _build(ws, pseudo_labels: dict | None = None):
     from sam_engine.engine.quality import quality_by_stage, region_coverage
 
     gold_ids = {im.image_id for im in ws.gold.images}
     with ws.open_store(read_only=True) as store:
         stages = quality_by_stage(store, [], gold_ids)
         coverage = region_coverage({im.image_id: im.region for im in ws.pool.images}, store)
-    return report.build_report(ws, stages, coverage, pd.DataFrame(), _evals(), [])
+    return report.build_report(
+        ws, stages, coverage, pd.DataFrame(), _evals(), [], pseudo_labels=pseudo_labels
+    )
 
 
 def _section(page: str, title: str) -> str:
@@ -135,3 +137,23 @@ def test_champion_follows_the_reports_own_gates_when_the_registry_lags():
     assert champion_by_gates(failed, "model_v2") == "model_v2"
     assert champion_by_gates(failed.iloc[:0], "model_v0") == "model_v0"  # no evaluations: the registry's
     assert champion_by_gates(failed, None) == "model_v2"
+
+
+def test_v2s_pseudo_labels_are_reported_as_training_data(ws):
+    """The report says what v2 learnt from beside the people's masks, in the text and the JSON, and says
+    plainly when there was none."""
+    import json
+
+    _people_masks(ws)
+    info = {"path": "x.tar", "images": 250, "masks": 1414, "masks_per_image": 5.656, "share_iou>0.9": 0.869}
+    out = _build(ws, info)
+    line = next(x for x in out["text"].splitlines() if x.startswith("v2's pseudo-labels"))
+    assert (
+        "1414 masks on 250 images (5.66 per image), 0.869 at IoU > 0.9" in line and "not the dataset" in line
+    )
+    doc = json.loads(open(out["json_path"]).read())
+    assert doc["summary"]["v2_pseudo_labels"]["masks"] == 1414
+    assert "1414 masks on 250 images" in open(out["html_path"]).read()
+    none = {"path": None, "images": 0, "masks": 0, "masks_per_image": 0.0}
+    assert "v2's pseudo-labels: none" in _build(ws, none)["text"]
+    assert "v2's pseudo-labels" not in _build(ws)["text"]  # not given: no line

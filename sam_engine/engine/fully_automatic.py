@@ -15,17 +15,19 @@ from .models import amg_params, calibrated_amg_params
 from .workspace import Workspace
 
 
-def stage3_amg(ws: Workspace, model: ModelRef | None = None) -> tuple[Any, int | None]:
-    """AMG settings and images per ``generate_batch`` call for stage 3 on ``ws.device``.
+def stage3_amg(
+    ws: Workspace, model: ModelRef | None = None, target: str = "stage3"
+) -> tuple[Any, int | None]:
+    """AMG settings and images per ``generate_batch`` call for a whole-image pass on ``ws.device``.
 
-    The thresholds are ``model``'s, calibrated on gold for the stage-3 precision target
+    The thresholds are ``model``'s, calibrated on gold for ``target``'s precision (stage 3's by default)
     (:func:`~sam_engine.engine.models.calibrated_amg_params`; the configured ones without a model or a
     calibration). CPU: the writer's default batching (``encoder_batch_size`` images per call). GPU:
     ``amg_gpu_images_per_call`` images per call, all in one encoder batch.
     """
     from ..amg.params import AmgParams
 
-    params = calibrated_amg_params(ws, model, "stage3") if model is not None else amg_params(ws)
+    params = calibrated_amg_params(ws, model, target) if model is not None else amg_params(ws)
     if ws.device.type != "cuda":
         return params, None
     n = ws.cfg.stages.amg_gpu_images_per_call

@@ -216,6 +216,13 @@ def merge_corpora(a: MaskCorpus, b: MaskCorpus) -> MaskCorpus:
     return MaskCorpus(images=sorted(images.values(), key=lambda r: r.image_id), annotations=anns)
 
 
+def v2_corpus(ws: Workspace, pseudo_labels: MaskCorpus) -> MaskCorpus:
+    """v2's training data: the stage-1/2 masks (only those people made when ``train.v2_people_masks_only``)
+    with v1's pseudo-labels on the stage-3 images (:mod:`~sam_engine.engine.pseudo_labels`; empty when off)."""
+    people = store_masks_corpus(ws, [1, 2], people_only=ws.cfg.train.v2_people_masks_only)
+    return merge_corpora(people, pseudo_labels)
+
+
 def v3_corpus(ws: Workspace, shards: MaskCorpus) -> MaskCorpus:
     """v3's training data: the stage-3 shards' masks with the stage-1/2 masks, only those people made when
     ``train.v3_people_masks_only`` (stage 2's accepted model proposals left out)."""

@@ -293,11 +293,13 @@ def build_report(
     shards: list[dict],
     audit: pd.DataFrame | None = None,
     drift: dict | None = None,
+    pseudo_labels: dict | None = None,
 ) -> dict[str, Any]:
     """Assemble the report; writes ``reports/engine_report.{txt,html,json}`` under the data folder.
 
     Failed checks come first, in every form; a stage that produced nothing says so instead of printing
-    figures for it; the JSON has every figure by model and by stage for tools to read.
+    figures for it; the JSON has every figure by model and by stage for tools to read. ``pseudo_labels`` is
+    what the ``v1_pseudo_labels`` asset wrote (v2's training data, not the dataset).
     """
     models = models_table(evals)
     changes = paired_changes(evals, ws.cfg.eval)
@@ -330,6 +332,11 @@ def build_report(
         )
     else:
         stage3_line = "stage 3 kept no mask: its shards are empty"
+    pseudo_line = _pseudo_label_line(pseudo_labels)
+    if pseudo_labels is not None:
+        summary["v2_pseudo_labels"] = {
+            k: pseudo_labels.get(k) for k in ("images", "masks", "masks_per_image", "share_iou>0.9")
+        }
     ann_cols = [
         c
         for c in ("annotator_id", "masks", "clicks_per_mask", "seconds_per_mask", "gold_iou", "agreement")
@@ -375,6 +382,7 @@ def build_report(
             "Stages",
             _text_table(stages),
             stage3_line,
+            *([pseudo_line] if pseudo_line else []),
             "",
             "Stage-3 masks against the hidden ground truth (all images), beside the QA samples",
             _text_table(audit_df) if len(audit_df) else "(no stage-3 audit)",
@@ -408,6 +416,7 @@ def build_report(
         "### Stages",
         _md_table(stages),
         stage3_line,
+        pseudo_line,
         "### Stage-3 masks against the hidden ground truth",
         _md_table(audit_df) if len(audit_df) else "_no stage-3 audit_",
         f"### Models on the gold set (clicks answered {predictor_desc})",
@@ -461,6 +470,21 @@ def build_report(
         "models": models,
         "failed": failed,
     }
+
+
+def _pseudo_label_line(info: dict | None) -> str:
+    """One line on v1's pseudo-labels (v2's training data); empty when the asset was not given."""
+    if info is None:
+        return ""
+    if not info.get("masks"):
+        return "v2's pseudo-labels: none (off, no stage-3 images, or v1 kept no mask at its accept cut)"
+    share = info.get("share_iou>0.9")
+    good = f", {share:.3f} at IoU > 0.9 with the hidden ground truth" if share is not None else ""
+    return (
+        f"v2's pseudo-labels (v1's automatic masks at its stage-2 accept cut on the stage-3 images; training "
+        f"data, not the dataset): {info['masks']} masks on {info['images']} images "
+        f"({info['masks_per_image']:.2f} per image){good}"
+    )
 
 
 def _shard_masks(ws: Workspace, shards: list[dict]) -> dict[int, list[dict]]:
