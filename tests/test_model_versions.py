@@ -93,3 +93,37 @@ def test_v3_learns_from_the_shards_and_the_stage_1_2_masks(smoke_cfg, smoke_data
     assert [im.image_id for im in corpus.images] == sorted([a.image_id, b.image_id])
     assert len(corpus.masks_for(a.image_id)) == 2  # the shard's mask and the stage-1 one
     assert len(corpus.masks_for(b.image_id)) == (1 if people_only else 2)
+
+
+def test_the_gold_evaluation_fits_the_output_choice_on_peoples_masks_and_the_predictor_uses_it(ws_with_v2):
+    """No store: the IoU head chooses. With people's stage-1 masks: a choice fitted on them before the gold
+    protocol, kept with the evaluation, and the version's interactive predictor answers with it."""
+    from sam_engine.engine import models
+    from sam_engine.engine.human_stage import register_images
+    from sam_engine.output_choice import ChoicePredictor
+
+    ws, v2 = ws_with_v2
+    ws.cfg.eval.output_choice_objects = 80
+    assert models.evaluate_version(ws, v2, with_amg=False)["output_choice"] is None
+    assert not isinstance(ws.predictor(v2), ChoicePredictor)
+    images, n = [], 0
+    for rec in ws.pool.images:
+        images.append(rec)
+        n += len(ws.pool_gt.masks_for(rec.image_id))
+        if n >= 80:
+            break
+    with ws.open_store() as store:
+        register_images(store, images, "stage1", "pool")
+        store.add_annotator("ann", role="annotator")
+        for rec in images:
+            for ann in ws.pool_gt.masks_for(rec.image_id):
+                store.commit_mask(
+                    task_id=None, image_id=rec.image_id, annotator_id="ann", stage=1, source="human",
+                    rle=ann["segmentation"], predicted_iou=None, clicks=2, seconds=5.0,
+                )  # fmt: skip
+    ws.cfg.eval.output_choice_objects = 70  # another setting: evaluated again, now with the masks
+    ev = models.evaluate_version(ws, v2, with_amg=False)
+    assert ev["output_choice"]["objects"] >= 50
+    assert isinstance(ws.predictor(v2), ChoicePredictor)
+    assert models.stored_output_choice(ws, v2).as_dict() == ev["output_choice"]
+    assert not isinstance(ws.predictor(v2, output_choice=False), ChoicePredictor)

@@ -306,7 +306,7 @@ def evaluate_version(
         metrics = _evaluate_on_gold(ws, ref, with_amg)
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cached, metrics)
-    scalars = {k: v for k, v in metrics.items() if k not in ("by_region", "per_object", "calibration")}
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     if log_fn:
         log_fn(f"{ref.name}: {json.dumps({k: round(v, 4) for k, v in scalars.items()})}")
     if ref.mlflow_run_id:
@@ -350,12 +350,19 @@ def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> dict[str,
 
     cfg = ws.cfg
     protocol = ClickProtocol(max_clicks=cfg.eval.max_clicks)
+    predictor = ws.predictor(ref, output_choice=False)
+    choice = fit_people_choice(ws, predictor)
+    if choice is not None:
+        from ..output_choice import ChoicePredictor
+
+        predictor = ChoicePredictor(predictor, choice)
     per_object, summary = evaluate_corpus(
-        ws.predictor(ref), ws.gold, protocol, max_objects=cfg.eval.gold_objects, seed=cfg.seed, min_area=16
+        predictor, ws.gold, protocol, max_objects=cfg.eval.gold_objects, seed=cfg.seed, min_area=16
     )
     metrics: dict[str, Any] = {
         f"gold/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)
     }
+    metrics["output_choice"] = None if choice is None else choice.as_dict()
     if with_amg:
         calibration, amg = amg_calibration(ws, ref)
         metrics.update({f"gold_amg/{k}": float(v) for k, v in amg.items()})
@@ -366,6 +373,28 @@ def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> dict[str,
     metrics["by_region"] = summary.get("by_region") or {}
     metrics["per_object"] = per_object_table(per_object)
     return metrics
+
+
+def fit_people_choice(ws: Workspace, predictor: Any):
+    """The output choice (:mod:`sam_engine.output_choice`) of ``predictor`` fitted on first clicks at the masks
+    people made in stages 1-2 (``eval.output_choice_objects`` of them, seeded); None without a store, with
+    too few such masks, or with the setting at 0."""
+    from ..output_choice import fit_output_choice
+    from .human_stage import store_masks_corpus
+
+    n = ws.cfg.eval.output_choice_objects
+    if n <= 0 or not ws.cfg.duckdb_path.exists():
+        return None
+    corpus = store_masks_corpus(ws, [1, 2], people_only=True)
+    return fit_output_choice(predictor, corpus, n, seed=ws.cfg.seed + 23) if corpus.images else None
+
+
+def stored_output_choice(ws: Workspace, ref: ModelRef):
+    """The output choice ``ref``'s gold evaluation fitted and used, or None (none fitted, or not evaluated)."""
+    from ..output_choice import OutputChoice
+
+    ev = stored_evaluation(ws, ref) or stored_evaluation(ws, ref, with_amg=False) or {}
+    return OutputChoice.from_dict(ev["output_choice"]) if ev.get("output_choice") else None
 
 
 def amg_params(ws: Workspace):

@@ -498,7 +498,7 @@ def _shard_masks(ws: Workspace, shards: list[dict]) -> dict[int, list[dict]]:
 def _model_figures(ev: dict) -> dict[str, Any]:
     """One model's evaluation for the JSON report: every scalar, the region table and the calibration."""
     out = {k: v for k, v in ev.items() if isinstance(v, int | float)}
-    for key in ("by_region", "calibration"):
+    for key in ("by_region", "calibration", "output_choice"):
         if key in ev:
             out[key] = ev[key]
     return out

@@ -197,11 +197,20 @@ class Workspace:
         model.eval()
         return model
 
-    def predictor(self, ref: ModelRef | str | Path):
-        """The interactive predictor of ``ref`` (zoomed in when ``model.zoom_in``)."""
+    def predictor(self, ref: ModelRef | str | Path, output_choice: bool = True):
+        """The interactive predictor of ``ref`` (zoomed in when ``model.zoom_in``); with ``output_choice``, a
+        first click's outputs scored by the choice ``ref``'s gold evaluation fitted, where it has one
+        (:mod:`sam_engine.output_choice`)."""
         from ..zoom import interactive_predictor
 
         m = self.cfg.model
-        return interactive_predictor(
+        predictor = interactive_predictor(
             self.load_model(ref), zoom=m.zoom_in, expansion=m.zoom_expansion, snap=m.snap
         )
+        if not output_choice or not isinstance(ref, ModelRef):
+            return predictor
+        from ..output_choice import ChoicePredictor
+        from .models import stored_output_choice
+
+        choice = stored_output_choice(self, ref)
+        return predictor if choice is None else ChoicePredictor(predictor, choice)
