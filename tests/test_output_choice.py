@@ -93,3 +93,34 @@ def test_too_few_labelled_objects_fit_no_choice(gold):
     from sam_engine.output_choice import fit_output_choice
 
     assert fit_output_choice(HeadPrefersTheWrongOutput(gold), gold, max_objects=10, seed=0) is None
+
+
+def test_the_annotation_server_answers_with_the_choice_recorded_beside_the_checkpoint(tmp_path):
+    """`make annotate` serves a model-store checkpoint: its version's choice (written into meta.json by the gold
+    evaluation) answers first clicks; --no-output-choice, or none recorded, leaves the IoU head's; a damaged
+    record names the file and field."""
+    import json
+
+    from sam_engine.annotation.__main__ import load_predictor
+    from sam_engine.model import build_sam
+    from sam_engine.model.checkpoint import save_checkpoint
+    from sam_engine.model_store import ModelStore
+    from sam_engine.output_choice import ChoicePredictor, OutputChoice
+
+    store = ModelStore(tmp_path / "models")
+    src = save_checkpoint(build_sam("tiny", seed=0), tmp_path / "v1.pt")
+    ref = store.put("model_v1", src)
+    checkpoint = store.path("model_v1")
+    assert not any(isinstance(p, ChoicePredictor) for p in load_predictor(checkpoint, "tiny", False, lanes=2))
+    choice = OutputChoice((0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), objects=60)
+    store.update("model_v1", data={**ref.data, "output_choice": choice.as_dict()})
+    lanes = load_predictor(checkpoint, "tiny", False, lanes=2)
+    assert len(lanes) == 2 and all(isinstance(p, ChoicePredictor) and p.choice == choice for p in lanes)
+    plain = load_predictor(checkpoint, "tiny", False, output_choice=False)
+    assert not isinstance(plain[0], ChoicePredictor)
+    meta = checkpoint.parent / "meta.json"
+    doc = json.loads(meta.read_text())
+    doc["data"]["output_choice"]["weights"] = [1.0]
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match=r"meta.json: field 'data.output_choice'"):
+        load_predictor(checkpoint, "tiny", False)

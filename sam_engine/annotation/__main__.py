@@ -56,10 +56,12 @@ def load_predictor(
     zoom: bool = True,
     lanes: int = 1,
     snap: bool = True,
+    output_choice: bool = True,
 ) -> list[object]:
     """``lanes`` interactive predictors (``sam_engine.zoom``; ``zoom`` off: plain ``SamPredictor`` s) over one
     checkpoint (own format or official SAM) or, with ``random_init``, an untrained model of the named
-    configuration."""
+    configuration. A checkpoint from the engine's model store answers first clicks with its version's output
+    choice when its evaluation fitted one (``output_choice`` off: the IoU head's)."""
     from sam_engine.zoom import predictor_lanes
 
     if checkpoint is not None:
@@ -76,7 +78,33 @@ def load_predictor(
     else:
         raise SystemExit("give --checkpoint PATH, or --random-init to serve an untrained model")
     sam.eval()
-    return predictor_lanes(sam, lanes, zoom=zoom, snap=snap)
+    out = predictor_lanes(sam, lanes, zoom=zoom, snap=snap)
+    choice = checkpoint_output_choice(checkpoint) if checkpoint is not None and output_choice else None
+    if choice is None:
+        return out
+    from sam_engine.output_choice import ChoicePredictor
+
+    logging.getLogger("sam_engine.annotation").info(
+        "first clicks answered with the output choice fitted on %d labelled clicks", choice.objects
+    )
+    return [ChoicePredictor(lane, choice) for lane in out]
+
+
+def checkpoint_output_choice(checkpoint: Path):
+    """The first-click output choice (:mod:`sam_engine.output_choice`) recorded beside a model-store checkpoint
+    (``meta.json``'s ``data.output_choice``, written by the version's gold evaluation), or None."""
+    import json
+
+    from sam_engine.output_choice import OutputChoice
+
+    meta = Path(checkpoint).parent / "meta.json"
+    if not meta.exists():
+        return None
+    try:
+        stored = (json.loads(meta.read_text()).get("data") or {}).get("output_choice")
+        return OutputChoice.from_dict(stored) if stored else None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{meta}: field 'data.output_choice': {e}") from None
 
 
 def default_lanes(torch_threads: int) -> int:
@@ -127,6 +155,7 @@ def _serve(args: argparse.Namespace) -> None:
         zoom=not args.no_zoom,
         lanes=args.lanes if args.lanes > 0 else default_lanes(args.torch_threads),
         snap=not args.no_snap,
+        output_choice=not args.no_output_choice,
     )
     resolver = ImageResolver(store, dirs, cache_dir=cache_dir)
     service = SegmentationService(predictor, resolver.load, cache_size=args.cache_size)
@@ -211,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset-dir", action="append", help="image folder, PATH or SOURCE=PATH (repeatable)"
     )
     serve.add_argument("--checkpoint", type=Path, default=None)
+    serve.add_argument(
+        "--no-output-choice",
+        action="store_true",
+        help="answer first clicks with the IoU head's pick, not the version's fitted output choice",
+    )
     serve.add_argument("--model", default="tiny", help="model configuration for --random-init")
     serve.add_argument("--random-init", action="store_true", help="serve an untrained model (tests, demos)")
     serve.add_argument(

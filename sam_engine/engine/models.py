@@ -313,7 +313,9 @@ def evaluate_version(
         from ..tracking import log_metrics
 
         log_metrics(ws.tracking, ref.mlflow_run_id, {k.replace(">", "_gt_"): v for k, v in scalars.items()})
-    ws.model_store.update(ref.name, metrics={**ref.metrics, **scalars})
+    # the choice beside the checkpoint too, for whoever serves it (the annotation server's --checkpoint)
+    data = {**ws.model_store.get(ref.name).data, "output_choice": metrics.get("output_choice")}
+    ws.model_store.update(ref.name, metrics={**ref.metrics, **scalars}, data=data)
     registry.record_gold(ws, ref, scalars)
     return metrics
 
