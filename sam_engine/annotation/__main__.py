@@ -26,6 +26,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sam_engine.output_choice import OutputChoice
 
 DEFAULT_IMAGE_DIRS = ("corpora/target_pool/images", "corpora/gold/images", "corpora/public/images")
 
@@ -90,7 +94,7 @@ def load_predictor(
     return [ChoicePredictor(lane, choice) for lane in out]
 
 
-def checkpoint_output_choice(checkpoint: Path):
+def checkpoint_output_choice(checkpoint: Path) -> OutputChoice | None:
     """The first-click output choice (:mod:`sam_engine.output_choice`) recorded beside a model-store checkpoint
     (``meta.json``'s ``data.output_choice``, written by the version's gold evaluation), or None."""
     import json

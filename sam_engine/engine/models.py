@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from ..data.corpus import MaskCorpus
 from ..model_store import ModelRef
 from . import registry
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from ..output_choice import OutputChoice
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +380,7 @@ def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> dict[str,
     return metrics
 
 
-def fit_people_choice(ws: Workspace, predictor: Any):
+def fit_people_choice(ws: Workspace, predictor: Any) -> OutputChoice | None:
     """The output choice (:mod:`sam_engine.output_choice`) of ``predictor`` fitted on first clicks at the masks
     people made in stages 1-2 (``eval.output_choice_objects`` of them, seeded); None without a store, with
     too few such masks, or with the setting at 0."""
@@ -391,7 +394,7 @@ def fit_people_choice(ws: Workspace, predictor: Any):
     return fit_output_choice(predictor, corpus, n, seed=ws.cfg.seed + 23) if corpus.images else None
 
 
-def stored_output_choice(ws: Workspace, ref: ModelRef):
+def stored_output_choice(ws: Workspace, ref: ModelRef) -> OutputChoice | None:
     """The output choice ``ref``'s gold evaluation fitted and used, or None (none fitted, or not evaluated)."""
     from ..output_choice import OutputChoice
 
