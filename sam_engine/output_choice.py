@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .wrapped_predictor import PredictorWrapper
+
 FEATURES = ("bias_0", "bias_1", "bias_2", "predicted_iou", "stability", "relative_log_area", "log_contrast")
 MIN_OBJECTS = 50  # fewer labelled objects fit no choice: the IoU head stays
 
@@ -113,33 +115,21 @@ def fit_output_choice(
     return OutputChoice(tuple(float(w) for w in weights), len(rows))
 
 
-class ChoicePredictor:
+class ChoicePredictor(PredictorWrapper):
     """An interactive predictor whose answers to fresh prompts (no previous mask) carry :class:`OutputChoice`
     scores; every other call and attribute is the wrapped predictor's."""
 
     def __init__(self, predictor: Any, choice: OutputChoice) -> None:
-        self.base = predictor
+        super().__init__(predictor)
         self.choice = choice
-        self.model = getattr(predictor, "model", None)
         self._image: np.ndarray | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    @property
-    def mask_threshold(self) -> float:
-        return float(getattr(self.base, "mask_threshold", 0.0))
-
     def set_image(self, image: np.ndarray, image_key: Hashable | None = None) -> None:
-        from .evaluation.interactive import set_image
-
-        set_image(self.base, image, image_key)
+        super().set_image(image, image_key)
         self._image = image
 
     def reset_image(self) -> None:
-        self.base.reset_image()
+        super().reset_image()
         self._image = None
 
     def predict(

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .wrapped_predictor import PredictorWrapper
+
 
 @dataclass(frozen=True)
 class SnapParams:
@@ -148,7 +150,7 @@ class RegionCache:
 DEFAULT_REGION_CACHE = RegionCache()
 
 
-class SnapPredictor:
+class SnapPredictor(PredictorWrapper):
     """An interactive predictor whose masks are snapped to the image's regions, clicks deciding theirs.
 
     Scores and the low-res logits (what is fed back as ``mask_input``) are the wrapped predictor's.
@@ -157,27 +159,17 @@ class SnapPredictor:
     def __init__(
         self, predictor: Any, params: SnapParams = SnapParams(), cache: RegionCache | None = None
     ) -> None:
-        self.base = predictor
-        self.model = getattr(predictor, "model", None)
+        super().__init__(predictor)
         self.params = params
         self.cache = DEFAULT_REGION_CACHE if cache is None else cache
         self.regions: Regions | None = None
 
-    def __getattr__(self, name: str) -> Any:  # the wrapped predictor's other attributes
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    @property
-    def mask_threshold(self) -> float:
-        return float(getattr(self.base, "mask_threshold", 0.0))
-
     def set_image(self, image: np.ndarray, image_key: Hashable | None = None) -> None:
-        self.base.set_image(image, image_key=image_key)
+        super().set_image(image, image_key)
         self.regions = self.cache.get(image_key, image, self.params)
 
     def reset_image(self) -> None:
-        self.base.reset_image()
+        super().reset_image()
         self.regions = None
 
     def coarse(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
