@@ -439,6 +439,7 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
         f"/api/review/{ids[1]}", json={"verdict": "fix", "fixed_rle": rle_utils.encode(fixed_mask)}, headers=h
     )
     assert r.status_code == 200 and store.get_mask(ids[1])["status"] == "superseded"
+    assert store.get_mask(r.json()["fixed_mask_id"])["manual_fix"]  # a mask drawn elsewhere: by hand
     assert np.array_equal(rle_utils.decode(store.get_mask(r.json()["fixed_mask_id"])["rle"]), fixed_mask)
     # fix over the WebSocket with the reviewer's own clicks
     conn, ws = open_ws(client, world, "rita")
@@ -452,7 +453,8 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
     finally:
         conn.__exit__(None, None, None)
     fixed = store.get_mask(out["fixed_mask_id"])
-    assert fixed["annotator_id"] == "rita" and fixed["manual_fix"] and fixed["clicks"] == 1
+    # made with the model's clicks: counted as clicks, not as a manual fix
+    assert fixed["annotator_id"] == "rita" and not fixed["manual_fix"] and fixed["clicks"] == 1
     assert np.array_equal(rle_utils.decode(fixed["rle"]), sq)
     assert store.reviews()["verdict"].tolist() == ["accept", "fix", "fix"]
 

@@ -159,6 +159,7 @@ class ReviewMsg(_Msg):
     verdict: Literal["accept", "fix", "reject"]
     comment: _Text | None = None
     task_id: int | None = None
+    manual_fix: bool = False  # a fix the reviewer also edited by hand (as AcceptMsg)
 
 
 class PingMsg(_Msg):

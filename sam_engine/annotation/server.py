@@ -363,7 +363,13 @@ class WsConnection:
             return {"type": "commented", "seq": m.seq, "event_id": event_id}
         if kind == "review":
             out = self.api.review(
-                self.p, m.mask_id, m.verdict, m.comment, task_id=m.task_id, session=self.session
+                self.p,
+                m.mask_id,
+                m.verdict,
+                m.comment,
+                task_id=m.task_id,
+                session=self.session,
+                manual_fix=m.manual_fix,
             )
             return {"type": "reviewed", "seq": m.seq, **out}
         raise BadRequest(f"unhandled message type {kind!r}")

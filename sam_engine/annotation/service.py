@@ -394,15 +394,18 @@ class AnnotationService:
         fixed_rle: dict | None = None,
         task_id: int | None = None,
         session: AnnotationSession | None = None,
+        manual_fix: bool = False,
     ) -> dict:
-        """A reviewer's verdict; ``fix`` takes ``fixed_rle`` or the open session's selected mask."""
+        """A reviewer's verdict; ``fix`` takes ``fixed_rle`` (a mask drawn by hand: a manual fix) or the open
+        session's selected mask (made with the model's clicks: a manual fix only when ``manual_fix`` says the
+        reviewer also edited it by hand, as :meth:`accept` takes it)."""
         p.require("reviewer")
         mask = self.mask(p, mask_id)
         if task_id is not None:
             task = self.task(p, task_id)
             if task["kind"] != "review":
                 raise BadRequest(f"task {task_id} is not a review task")
-        clicks, seconds = 0, 0.0
+        clicks, seconds, manual = 0, 0.0, True
         if verdict == "fix" and fixed_rle is None:
             if session is None or session.result is None or not session.current_mask().any():
                 raise BadRequest("verdict 'fix' needs a corrected mask: draw it first")
@@ -411,7 +414,7 @@ class AnnotationService:
                     f"the open image is {session.image_id}, mask {mask_id} is on {mask['image_id']}"
                 )
             fixed_rle = rle_utils.encode(session.current_mask())
-            clicks, seconds = session.clicks, session.elapsed_seconds()
+            clicks, seconds, manual = session.clicks, session.elapsed_seconds(), manual_fix
         try:
             out = self.store.review(
                 mask_id,
@@ -422,6 +425,7 @@ class AnnotationService:
                 task_id=task_id,
                 clicks=clicks,
                 seconds=seconds,
+                manual_fix=manual,
             )
         except (ValueError, KeyError) as exc:
             raise BadRequest(str(exc)) from None

@@ -1007,11 +1007,13 @@ class QualityStore:
         task_id: int | None = None,
         clicks: int = 0,
         seconds: float = 0.0,
+        manual_fix: bool = True,
     ) -> dict:
         """Record a reviewer's verdict on a mask.
 
         accept → status 'accepted'; reject → 'rejected'; fix (needs ``fixed_rle``) → a new version (source
-        'human', ``manual_fix`` true, by the reviewer) is accepted and the reviewed one becomes 'superseded'.
+        'human', by the reviewer, ``manual_fix`` as given: a mask drawn by hand, or False for one the reviewer
+        made with the model's clicks) is accepted and the reviewed one becomes 'superseded'.
         A review task given as ``task_id`` is marked done. Returns ``{"review_id", "mask_id", "status",
         "fixed_mask_id", "event_id"}``.
         """
@@ -1039,7 +1041,7 @@ class QualityStore:
                     stability_score=None,
                     clicks=clicks,
                     seconds=seconds,
-                    manual_fix=True,
+                    manual_fix=manual_fix,
                     status="accepted",
                     request_id=None,
                     prompt=None,
