@@ -17,6 +17,7 @@ protocol) shows the re-scored one. Answers that refine a previous mask keep the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -79,26 +80,51 @@ class OutputChoice:
 
 
 def fit_output_choice(
-    predictor: Any, corpus: Any, max_objects: int = 600, seed: int = 0, ridge: float = 1e-3
+    predictor: Any,
+    corpus: Any,
+    max_objects: int = 600,
+    seed: int = 0,
+    ridge: float = 1e-3,
+    workers: int | None = None,
 ) -> OutputChoice | None:
     """Fit :class:`OutputChoice` on the first clicks (the protocol's, at each object's deepest point) at a seeded
-    sample of ``corpus``'s objects; None with fewer than :data:`MIN_OBJECTS` objects."""
-    from .evaluation.clicks import clicks_to_arrays, first_click
-    from .evaluation.interactive import corpus_objects, set_image
+    sample of ``corpus``'s objects; None with fewer than :data:`MIN_OBJECTS` objects. The images are spread
+    over forked workers (:func:`~sam_engine.parallel.fork_map`; ``workers`` None: one per torch thread), with
+    the same result as one process."""
+    from .evaluation.interactive import corpus_objects
+    from .parallel import fork_map
 
+    objects = corpus_objects(corpus, max_objects, seed, min_area=16)
+    groups = [list(g) for _, g in itertools.groupby(objects, key=lambda o: o.image_key)]
     threshold = float(getattr(predictor, "mask_threshold", 0.0))
+    answers = fork_map(lambda group: _first_clicks(predictor, group, threshold), groups, workers)
+    rows = [r for part in answers for r in part[0]]
+    targets = [t for part in answers for t in part[1]]
+    if len(rows) < MIN_OBJECTS:
+        return None
+    a = np.concatenate(rows)
+    b = np.concatenate(targets)
+    weights = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ b)
+    return OutputChoice(tuple(float(w) for w in weights), len(rows))
+
+
+def _first_clicks(
+    predictor: Any, objects: list[Any], threshold: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Features and IoUs of the three outputs answering each object's first click (objects of one image)."""
+    from .evaluation.clicks import clicks_to_arrays, first_click
+    from .evaluation.interactive import set_image
+
     rows, targets = [], []
-    key: Any = object()
     image = None
-    for obj in corpus_objects(corpus, max_objects, seed, min_area=16):
+    for obj in objects:
         gt = np.asarray(obj.gt() if callable(obj.gt) else obj.gt, dtype=bool)
         click = first_click(gt, obj.ignore) if gt.any() else None
         if click is None:
             continue
-        if obj.image_key != key:
+        if image is None:
             image = obj.image() if callable(obj.image) else obj.image
             set_image(predictor, image, obj.image_key)
-            key = obj.image_key
         coords, labels = clicks_to_arrays([click])
         logits, scores, _ = predictor.predict(coords, labels, None, None, True, True)
         logits = np.asarray(logits, dtype=np.float32)
@@ -107,12 +133,7 @@ def fit_output_choice(
         union = (masks | gt).sum(axis=(1, 2))
         rows.append(choice_features(logits, scores, image, threshold))
         targets.append(inter / np.maximum(union, 1))
-    if len(rows) < MIN_OBJECTS:
-        return None
-    a = np.concatenate(rows)
-    b = np.concatenate(targets)
-    weights = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ b)
-    return OutputChoice(tuple(float(w) for w in weights), len(rows))
+    return rows, targets
 
 
 class ChoicePredictor(PredictorWrapper):

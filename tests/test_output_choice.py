@@ -55,8 +55,10 @@ def test_the_fitted_choice_picks_the_output_that_matches_where_the_head_does_not
     from sam_engine.output_choice import ChoicePredictor, OutputChoice, fit_output_choice
 
     fake = HeadPrefersTheWrongOutput(gold)
-    choice = fit_output_choice(fake, gold, max_objects=120, seed=0)
+    choice = fit_output_choice(fake, gold, max_objects=120, seed=0, workers=2)
     assert choice is not None and choice.objects >= 50
+    # the images spread over forked workers give the fit of one process
+    assert fit_output_choice(fake, gold, max_objects=120, seed=0, workers=1) == choice
     assert OutputChoice.from_dict(choice.as_dict()) == choice
     # the click protocol's 1-click IoU: the head's pick (the square) against the re-scored one (the object)
     protocol = ClickProtocol(max_clicks=1)
