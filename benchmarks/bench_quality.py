@@ -10,7 +10,8 @@ compliance per click number.
 Weights: ``SAM_ENGINE_BENCH_CHECKPOINT``, else the newest model of the data folder (``model_v3`` .. ``model_v0``),
 else the released public checkpoint (``released/public_v0.pt``), else an untrained default model.
 Rows: mIoU@1/5/10/20 and NoC@90 (ratio: model against GrabCut where both ran), and the share of clicks obeyed at
-each click number 2..20 (the newest click's pixel on its side of the returned mask).
+each click number 2..20 (the newest click's pixel on its side of the returned mask); for a model-store checkpoint
+with a recorded first-click output choice, the same rows again with it (what ``make annotate`` serves).
 """
 
 from __future__ import annotations
@@ -136,18 +137,35 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     with torch.inference_mode():
         predictor = interactive_predictor(model, cache=EmbeddingCache(8), zoom=True, snap=True)
-        gold = run_protocol(predictor, gold_objects(6 if quick else GOLD_OBJECTS), protocol)
-        rows += _rows(f"gold ({desc})", gold, clicks)
+        # what `make annotate` serves: the version's first-click output choice when one is recorded beside it
+        served = _served(predictor, path)
+        gold = gold_objects(6 if quick else GOLD_OBJECTS)
+        for name, p in served:
+            rows += _rows(f"gold ({desc}{name})", run_protocol(p, gold, protocol), clicks)
         if not Path(DEFAULT_COCO).is_dir():
             print(f"bench_quality: {DEFAULT_COCO} absent; real-photo rows skipped", file=sys.stderr)
             return rows
         n = 3 if quick else int(os.environ.get("SAM_ENGINE_BENCH_COCO_OBJECTS", COCO_OBJECTS)) or None
         objects = coco_objects(DEFAULT_COCO, "val2017", n)
         grabcut = run_protocol(GrabCutPredictor(), objects, protocol)
-        photos = run_protocol(predictor, objects, protocol)
-    rows += _rows("coco_tiny val GrabCut", grabcut, clicks)
-    rows += _rows(f"coco_tiny val ({desc})", photos, clicks, baseline=grabcut)
+        rows += _rows("coco_tiny val GrabCut", grabcut, clicks)
+        for name, p in served:
+            photos = run_protocol(p, objects, protocol)
+            rows += _rows(f"coco_tiny val ({desc}{name})", photos, clicks, baseline=grabcut)
     return rows
+
+
+def _served(predictor, checkpoint: Path | None) -> list[tuple[str, object]]:
+    """(row suffix, predictor) pairs: the IoU head's first-click pick, and the output choice recorded beside a
+    model-store checkpoint when there is one."""
+    from sam_engine.annotation.__main__ import checkpoint_output_choice
+    from sam_engine.output_choice import ChoicePredictor
+
+    choice = checkpoint_output_choice(checkpoint) if checkpoint is not None else None
+    out: list[tuple[str, object]] = [("", predictor)]
+    if choice is not None:
+        out.append((", output choice", ChoicePredictor(predictor, choice)))
+    return out
 
 
 if __name__ == "__main__":

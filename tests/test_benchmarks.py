@@ -28,3 +28,20 @@ def test_quality_rows_show_miou_at_every_reported_click():
     result = {"summary": {"miou@1": 0.5, "miou@10": 0.8, "miou@20": 0.9, "noc@90": 3.0}, "compliance": {}}
     metrics = [r["metric"] for r in _rows("m", result, clicks=20)]
     assert metrics == ["m miou@1", "m miou@10", "m miou@20", "m noc@90"]  # no row for a click not reported
+
+
+def test_quality_also_measures_the_output_choice_recorded_beside_a_checkpoint(tmp_path):
+    import json
+
+    from benchmarks.bench_quality import _served
+    from sam_engine.output_choice import FEATURES, ChoicePredictor
+
+    head = object()
+    checkpoint = tmp_path / "model_v3" / "model.pt"
+    checkpoint.parent.mkdir()
+    assert [name for name, _ in _served(head, checkpoint)] == [""]  # nothing recorded: the head's pick only
+    choice = {"features": list(FEATURES), "weights": [0.1] * len(FEATURES), "objects": 300}
+    (checkpoint.parent / "meta.json").write_text(json.dumps({"data": {"output_choice": choice}}))
+    served = _served(head, checkpoint)
+    assert [name for name, _ in served] == ["", ", output choice"]
+    assert served[0][1] is head and isinstance(served[1][1], ChoicePredictor)
