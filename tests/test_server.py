@@ -415,7 +415,7 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
             seconds=0.0,
             status="pending_review",
         )
-        for _ in range(3)
+        for _ in range(4)
     ]
     queue = client.get("/api/review/queue", headers=auth(world, "rita")).json()["items"]
     assert {i["mask_id"] for i in queue} >= set(ids)
@@ -449,6 +449,10 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
         ws.send(type="point", x=_inside(sq)[0], y=_inside(sq)[1])
         out = ws.send(type="review", mask_id=ids[2], verdict="fix", comment="wrong object")
         assert out["type"] == "reviewed" and out["fixed_mask_id"] is not None
+        # clicks, then an edit by hand: the client says so, as with accept
+        ws.send(type="point", x=_inside(sq)[0], y=_inside(sq)[1])
+        edited = ws.send(type="review", mask_id=ids[3], verdict="fix", manual_fix=True)
+        assert store.get_mask(edited["fixed_mask_id"])["manual_fix"]
         assert ws.send(type="accept", request_id="nope")["code"] == "bad_request"  # no task: review only
     finally:
         conn.__exit__(None, None, None)
@@ -456,7 +460,7 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
     # made with the model's clicks: counted as clicks, not as a manual fix
     assert fixed["annotator_id"] == "rita" and not fixed["manual_fix"] and fixed["clicks"] == 1
     assert np.array_equal(rle_utils.decode(fixed["rle"]), sq)
-    assert store.reviews()["verdict"].tolist() == ["accept", "fix", "fix"]
+    assert store.reviews()["verdict"].tolist() == ["accept", "fix", "fix", "fix"]
 
 
 # ------------------------------------------------------------------------------------------- export
