@@ -165,7 +165,7 @@ class EvalSection(_Section):
     # First clicks at objects people segmented (stages 1-2, never gold) that re-fit each version's choice of
     # output (sam_engine/output_choice.py) before its gold evaluation; 0: the IoU head chooses. Run N's v2
     # (the same weights as run O's): gold 1-click mIoU 0.734 with the head's choice, 0.763 with one fitted on
-    # 600 such clicks and 0.764 on 300 (NoC@90 2.17 -> 2.12); 300 take about 10 s here, 600 about 30 s.
+    # 600 such clicks and 0.764 on 300 (NoC@90 2.17 -> 2.12), in half the time.
     output_choice_objects: int = 300
     # The no-regression gate (sam_engine.evaluation.regression): a new model fails only when the one-sided
     # lower confidence bound (z standard errors, paired over the gold objects) of its loss against its
