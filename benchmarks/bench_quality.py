@@ -158,10 +158,9 @@ def run(quick: bool = False) -> list[dict]:
 def _served(predictor, checkpoint: Path | None) -> list[tuple[str, object]]:
     """(row suffix, predictor) pairs: the IoU head's first-click pick, and the output choice recorded beside a
     model-store checkpoint when there is one."""
-    from sam_engine.annotation.__main__ import checkpoint_output_choice
-    from sam_engine.output_choice import ChoicePredictor
+    from sam_engine.output_choice import ChoicePredictor, recorded_output_choice
 
-    choice = checkpoint_output_choice(checkpoint) if checkpoint is not None else None
+    choice = recorded_output_choice(checkpoint) if checkpoint is not None else None
     out: list[tuple[str, object]] = [("", predictor)]
     if choice is not None:
         out.append((", output choice", ChoicePredictor(predictor, choice)))

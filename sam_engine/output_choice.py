@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,24 @@ class OutputChoice:
         if list(d.get("features", FEATURES)) != list(FEATURES):
             raise ValueError(f"output choice: stored features {d.get('features')} are not {list(FEATURES)}")
         return cls(tuple(float(w) for w in d["weights"]), int(d["objects"]))
+
+
+def recorded_output_choice(checkpoint: str | Path) -> OutputChoice | None:
+    """The choice recorded beside a model-store checkpoint (``meta.json``'s ``data.output_choice``, written by the
+    version's gold evaluation), or None; a damaged record raises a :class:`~sam_engine.data.errors.DataError`
+    that names the file, the version and the field."""
+    import json
+
+    from .data.errors import DataError
+
+    meta = Path(checkpoint).parent / "meta.json"
+    if not meta.exists():
+        return None
+    try:
+        stored = (json.loads(meta.read_text()).get("data") or {}).get("output_choice")
+        return OutputChoice.from_dict(stored) if stored else None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(str(meta), meta.parent.name, "data.output_choice", str(e)) from None
 
 
 def fit_output_choice(

@@ -124,5 +124,41 @@ def test_the_annotation_server_answers_with_the_choice_recorded_beside_the_check
     doc = json.loads(meta.read_text())
     doc["data"]["output_choice"]["weights"] = [1.0]
     meta.write_text(json.dumps(doc))
-    with pytest.raises(SystemExit, match=r"meta.json: field 'data.output_choice'"):
+    with pytest.raises(SystemExit, match=r"meta.json: record 'model_v1': field 'data.output_choice'"):
         load_predictor(checkpoint, "tiny", False)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda choice: {**choice, "weights": [1.0]},  # too few weights
+        lambda choice: {**choice, "features": ["bias_0"]},  # fitted on other features
+        lambda choice: {k: v for k, v in choice.items() if k != "objects"},  # a field missing
+        lambda choice: "not a record",
+    ],
+)
+def test_a_damaged_recorded_choice_names_the_file_the_version_and_the_field(tmp_path, damage):
+    """The library reader (`make annotate` and `make bench` read through it) answers a damaged record with a
+    DataError, not a crash deep in the predictor; a checkpoint without meta.json or without a choice has none."""
+    import json
+
+    from sam_engine.data.errors import DataError
+    from sam_engine.output_choice import OutputChoice, recorded_output_choice
+
+    version = tmp_path / "models" / "model_v2"
+    version.mkdir(parents=True)
+    checkpoint = version / "model.pt"
+    assert recorded_output_choice(checkpoint) is None
+    (version / "meta.json").write_text(json.dumps({"data": {"images": 3}}))
+    assert recorded_output_choice(checkpoint) is None
+    choice = OutputChoice((0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0), objects=60)
+    (version / "meta.json").write_text(json.dumps({"data": {"output_choice": choice.as_dict()}}))
+    assert recorded_output_choice(checkpoint) == choice
+    (version / "meta.json").write_text(json.dumps({"data": {"output_choice": damage(choice.as_dict())}}))
+    with pytest.raises(DataError) as err:
+        recorded_output_choice(checkpoint)
+    assert (err.value.file, err.value.record, err.value.field) == (
+        str(version / "meta.json"),
+        "model_v2",
+        "data.output_choice",
+    )

@@ -26,10 +26,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sam_engine.output_choice import OutputChoice
 
 DEFAULT_IMAGE_DIRS = ("corpora/target_pool/images", "corpora/gold/images", "corpora/public/images")
 
@@ -83,32 +79,20 @@ def load_predictor(
         raise SystemExit("give --checkpoint PATH, or --random-init to serve an untrained model")
     sam.eval()
     out = predictor_lanes(sam, lanes, zoom=zoom, snap=snap)
-    choice = checkpoint_output_choice(checkpoint) if checkpoint is not None and output_choice else None
+    from sam_engine.data.errors import DataError
+    from sam_engine.output_choice import ChoicePredictor, recorded_output_choice
+
+    try:
+        choice = recorded_output_choice(checkpoint) if checkpoint is not None and output_choice else None
+    except DataError as e:
+        raise SystemExit(str(e)) from None
     if choice is None:
         return out
-    from sam_engine.output_choice import ChoicePredictor
 
     logging.getLogger("sam_engine.annotation").info(
         "first clicks answered with the output choice fitted on %d labelled clicks", choice.objects
     )
     return [ChoicePredictor(lane, choice) for lane in out]
-
-
-def checkpoint_output_choice(checkpoint: Path) -> OutputChoice | None:
-    """The first-click output choice (:mod:`sam_engine.output_choice`) recorded beside a model-store checkpoint
-    (``meta.json``'s ``data.output_choice``, written by the version's gold evaluation), or None."""
-    import json
-
-    from sam_engine.output_choice import OutputChoice
-
-    meta = Path(checkpoint).parent / "meta.json"
-    if not meta.exists():
-        return None
-    try:
-        stored = (json.loads(meta.read_text()).get("data") or {}).get("output_choice")
-        return OutputChoice.from_dict(stored) if stored else None
-    except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"{meta}: field 'data.output_choice': {e}") from None
 
 
 def default_lanes(torch_threads: int) -> int:
