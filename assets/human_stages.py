@@ -178,8 +178,9 @@ def stage2_masks(context: AssetExecutionContext, engine: EngineResource, model_v
     deps=["target_pool"],
     ins={"model_v1": AssetIn(), "eval_model_v1": AssetIn()},
     description="v1's pseudo-labels: its automatic masks at stage 2's calibrated auto-accept cut on the images "
-    "stage 3 will take, as training data for v2 beside the people's masks (train.v2_pseudo_labels); never part "
-    "of the dataset, which stage 3 writes over the same images with v2.",
+    "stage 3 will take, as training data for v2 beside the people's masks, when train.v2_pseudo_labels is on "
+    "(off by default: then it writes nothing); never part of the dataset, which stage 3 writes over the same "
+    "images with v2.",
 )
 def v1_pseudo_labels(
     context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef, eval_model_v1: dict

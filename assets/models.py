@@ -88,8 +88,8 @@ def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: M
     ins={"model_v1": AssetIn(), "v1_pseudo_labels": AssetIn()},
     deps=["stage1_masks", "stage2_masks"],
     description="v2: v1 fine-tuned on stage-1 and stage-2 masks (with train.v2_people_masks_only, the default, "
-    "the masks people made: stage 2's model proposals are left out) and v1's pseudo-labels on the stage-3 "
-    "images (train.v2_pseudo_labels).",
+    "the masks people made: stage 2's model proposals are left out), plus v1's pseudo-labels on the stage-3 "
+    "images when train.v2_pseudo_labels is on (off by default).",
 )
 def model_v2(
     context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef, v1_pseudo_labels: dict

@@ -72,11 +72,12 @@ class TrainSection(_Section):
     # C's data (v1 at gold mIoU@1 0.697), v2 fine-tuned with the proposals reached 0.667 (from v1) and 0.660
     # (from v0), without them 0.706.
     v2_people_masks_only: bool = True
-    # v2 also learns from v1's automatic masks at stage 2's auto-accept cut on the images stage 3 will take
-    # (sam_engine/engine/pseudo_labels.py): unseen images labelled where v1 is confident. From run K's v1 (450
-    # gold objects, 100 steps): mIoU@1 0.753 with them against run K's v2 at 0.729 without; at seed 1, 0.746
-    # against 0.684. Cut at stage 3's looser threshold instead, they lowered v2 to 0.711.
-    v2_pseudo_labels: bool = True
+    # On: v2 also learns from v1's automatic masks at stage 2's auto-accept cut on the images stage 3 will take
+    # (sam_engine/engine/pseudo_labels.py), a self-training pass of v1's generator over those images. Off by
+    # default: with the tiny_conv model they no longer pay for the 2.5 minutes they take. From run P's v1 (450
+    # gold objects, 100 steps, training seeds 0-3) v2 reached mean mIoU@1 0.754 without them against 0.752
+    # with them, and the pool's full hidden ground truth on the same images gave no more than 0.759-0.764.
+    v2_pseudo_labels: bool = False
     # v3 learns from the stage-3 masks with the masks people made in stages 1-2 (stage 2's accepted proposals
     # left out too): on run H's data, v3 from v2 reached gold mIoU@1 0.752 and NoC@90 2.13 that way, 0.741 and
     # 2.21 with the proposals (450 objects; v2: 0.741, 2.17).

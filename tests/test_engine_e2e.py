@@ -42,9 +42,9 @@ def test_every_stage_produced_masks(engine_run):
     data, instance = engine_run
     assert _meta(instance, "stage1_masks")["masks"].value > 0
     assert _meta(instance, "stage2_masks")["masks"].value > 0
-    # v2 trained on what v1 pseudo-labelled, beside the people's masks
-    pseudo = _meta(instance, "v1_pseudo_labels")["masks"].value
-    assert _meta(instance, "model_v2")["pseudo_label_masks"].value == pseudo
+    # pseudo-labels are off by default (train.v2_pseudo_labels): v1 labels nothing and v2 learns from people only
+    assert _meta(instance, "v1_pseudo_labels")["masks"].value == 0
+    assert _meta(instance, "model_v2")["pseudo_label_masks"].value == 0
     shards = sorted((data / "shards").glob("*.tar"))
     assert shards
     from sam_engine.data.sa1b import read_shard_records

@@ -15,6 +15,7 @@ def ws_and_v1(smoke_cfg, smoke_data_dir, tmp_path):
     from sam_engine.model.checkpoint import save_checkpoint
 
     ws = Workspace(smoke_cfg.model_copy(update={"data_dir": smoke_data_dir}, deep=True))
+    ws.cfg.train.v2_pseudo_labels = True  # off by default: these tests are about what it does when on
     ckpt = tmp_path / "v1.pt"
     save_checkpoint(build_sam("tiny", seed=1), ckpt)
     return ws, ws.model_store.put("model_v1", ckpt)
