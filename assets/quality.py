@@ -33,13 +33,17 @@ def _shards_list(context: AssetExecutionContext, sa1b_shards: dict) -> list[dict
     ins={"sa1b_shards": AssetIn()},
     check_specs=[AssetCheckSpec("quality_schema", asset="quality_by_stage")],
     description="Per stage: images, masks, masks per image, human clicks and modelled seconds per mask, "
-    "auto-accept share.",
+    "auto-accept share and, on a simulated pool, the auto-accepted masks' precision against its hidden "
+    "ground truth.",
 )
 def quality_by_stage(context: AssetExecutionContext, engine: EngineResource, sa1b_shards: dict):
     ws = workspace(engine)
     with ws.open_store(read_only=True) as store:
         df = quality.quality_by_stage(
-            store, _shards_list(context, sa1b_shards), {im.image_id for im in ws.gold.images}
+            store,
+            _shards_list(context, sa1b_shards),
+            {im.image_id for im in ws.gold.images},
+            ground_truth=ws.ground_truth() if ws.pool_gt is not None else None,
         )
     yield Output(df, metadata={"table": table_md(df)})
     ok, msg = report.validate_stage_table(df)

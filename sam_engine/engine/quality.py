@@ -19,16 +19,22 @@ STAGE_COLUMNS = [
     "seconds_per_mask",
     "manual_fix_share",
     "auto_accept_share",
+    "auto_accept_precision",
     "review_accept_share",
 ]
 
 
 def quality_by_stage(
-    store, shards: list[dict] | None = None, gold_ids: set[int] | frozenset = frozenset()
+    store,
+    shards: list[dict] | None = None,
+    gold_ids: set[int] | frozenset = frozenset(),
+    ground_truth: dict[int, list[dict]] | None = None,
 ) -> pd.DataFrame:
     """Per stage: images, accepted masks, masks per image, human clicks and modelled seconds per human mask,
     share of masks accepted automatically (stage-2 model masks no reviewer saw; stage 3 is all automatic) and
-    share of model masks a reviewer accepted."""
+    share of model masks a reviewer accepted. With the pool's hidden ``ground_truth`` (a simulated pool), the
+    ``auto_accept_precision`` of stages 1-2: the share of the automatically accepted masks at IoU > 0.9 with
+    some ground-truth mask of their image (whole, part or subpart); stage 3's is :func:`stage3_audit`'s."""
     masks = store.masks(status="accepted")
     reviews = store.reviews()
     reviewed = set(reviews["mask_id"].astype(int)) if len(reviews) else set()
@@ -58,6 +64,7 @@ def quality_by_stage(
                 "seconds_per_mask": float(human["seconds"].mean()) if len(human) else float("nan"),
                 "manual_fix_share": float(human["manual_fix"].mean()) if len(human) else float("nan"),
                 "auto_accept_share": float(len(auto) / len(final)) if len(final) else 0.0,
+                "auto_accept_precision": _share_matched(auto, ground_truth),
                 "review_accept_share": float((len(model) - len(auto)) / len(final)) if len(final) else 0.0,
             }
         )
@@ -76,10 +83,32 @@ def quality_by_stage(
                 "seconds_per_mask": float("nan"),
                 "manual_fix_share": float("nan"),
                 "auto_accept_share": 1.0 if n_masks else float("nan"),
+                "auto_accept_precision": float("nan"),  # every mask of every image: stage3_audit
                 "review_accept_share": 0.0 if n_masks else float("nan"),
             }
         )
     return pd.DataFrame(rows, columns=STAGE_COLUMNS)
+
+
+def _share_matched(masks: pd.DataFrame, ground_truth: dict[int, list[dict]] | None) -> float:
+    """Share of ``masks`` (store rows) at IoU > 0.9 with some ground-truth mask of their image; NaN without
+    ground truth or masks."""
+    if ground_truth is None or not len(masks):
+        return float("nan")
+    good = sum(
+        _matched(list(rows["rle"]), [g["segmentation"] for g in ground_truth.get(int(image_id), [])])
+        for image_id, rows in masks.groupby("image_id")
+    )
+    return good / len(masks)
+
+
+def _matched(rles: list[dict], gt_rles: list[dict], iou: float = 0.9) -> int:
+    """How many of one image's masks have IoU above ``iou`` with some of its ground-truth masks."""
+    from ..data import rle as rle_utils
+
+    if not rles or not gt_rles:
+        return 0
+    return int((np.asarray(rle_utils.iou_matrix(rles, gt_rles)).max(axis=1) > iou).sum())
 
 
 def region_coverage(
@@ -174,8 +203,6 @@ def stage3_audit(
     """Every stage-3 mask against the pool's hidden ground truth, per shard and overall (last row ``all``):
     masks per image and the share of masks at IoU > 0.9 with some ground-truth mask (whole, part or
     subpart), beside the shard's QA sample estimate and its interval (the overall row pools the samples)."""
-    from ..data import rle as rle_utils
-
     rows = []
     total = {"images": 0, "masks": 0, "good": 0, "qa_reviewed": 0, "qa_good": 0}
     for shard in shards:
@@ -183,15 +210,11 @@ def stage3_audit(
         good = n = 0
         for image_id in ids:
             masks = masks_by_image.get(image_id, [])
-            gt = ground_truth.get(image_id, [])
-            if not masks:
-                continue
             n += len(masks)
-            if gt:
-                iou = np.asarray(
-                    rle_utils.iou_matrix([m["segmentation"] for m in masks], [g["segmentation"] for g in gt])
-                )
-                good += int((iou.max(axis=1) > 0.9).sum())
+            good += _matched(
+                [m["segmentation"] for m in masks],
+                [g["segmentation"] for g in ground_truth.get(image_id, [])],
+            )
         qa = shard.get("qa", {})
         reviewed, qa_good = int(qa.get("reviewed", 0)), int(qa.get("good", 0))
         rows.append(_audit_row(Path(shard.get("path", "")).name, len(ids), n, good, reviewed, qa_good))

@@ -30,6 +30,7 @@ STAGE_SCHEMA = pa.DataFrameSchema(
         "seconds_per_mask": pa.Column(float, pa.Check.ge(0), nullable=True),
         "manual_fix_share": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
         "auto_accept_share": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
+        "auto_accept_precision": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
         "review_accept_share": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
     },
     coerce=True,
