@@ -81,7 +81,7 @@ def stage1_masks(context: AssetExecutionContext, engine: EngineResource, model_v
             if ws.cfg.annotators == "simulated"
             else {"tasks_worked": 0}
         )
-        cons = human_stage.consolidate(ws, store, 1)
+        cons = human_stage.consolidate(ws, store, 1, model_v0 if ws.cfg.annotators == "simulated" else None)
         summary = _stage_summary(store, 1, gold_ids)
         preview = _preview(ws, store, 1)
     summary.update(worked)
@@ -165,7 +165,7 @@ def stage2_masks(context: AssetExecutionContext, engine: EngineResource, model_v
             if ws.cfg.annotators == "simulated"
             else {"tasks_worked": 0}
         )
-        verdicts = human_stage.review_stage(ws, store, 2) if ws.cfg.annotators == "simulated" else 0
+        verdicts = human_stage.review_stage(ws, store, 2, model_v1) if ws.cfg.annotators == "simulated" else 0
         summary = _stage_summary(store, 2, gold_ids)
         preview = _preview(ws, store, 2)
     summary.update(worked)

@@ -129,6 +129,15 @@ def mean_predicted_iou(proposals: Sequence[Mapping[str, Any]]) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
+def proposal_prompt(proposal: Mapping[str, Any]) -> dict | None:
+    """The prompt that made a generated mask (its ``point_coords``, SA-1B's field), in the session's stored
+    form, so a reviewer can start a fix from it; None when the proposal does not record one."""
+    points = proposal.get("point_coords")
+    if not points:
+        return None
+    return {"points": [[float(x), float(y), 1] for x, y in points], "box": None}
+
+
 def commit_proposals(
     store: Any,
     image_id: int,
@@ -146,8 +155,8 @@ def commit_proposals(
 ) -> RoutingReport:
     """Route one image's proposals and write them to the store (``source='model'``).
 
-    Each proposal needs ``segmentation`` (COCO RLE) and ``predicted_iou``; ``stability_score`` is stored
-    when present. Empty masks are discarded whatever their score.
+    Each proposal needs ``segmentation`` (COCO RLE) and ``predicted_iou``; ``stability_score`` and the
+    prompt (``point_coords``) are stored when present. Empty masks are discarded whatever their score.
     """
     routed = route_proposals(proposals, config, score_key)
     empty = [p for p in routed.accept + routed.review if rle_utils.area(_rle(p["segmentation"])) == 0]
@@ -176,6 +185,7 @@ def commit_proposals(
                         clicks=0,
                         seconds=0.0,
                         status=status[name],
+                        prompt=proposal_prompt(p),
                     )
                 )
     report = RoutingReport(

@@ -460,6 +460,7 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
     # made with the model's clicks: counted as clicks, not as a manual fix
     assert fixed["annotator_id"] == "rita" and not fixed["manual_fix"] and fixed["clicks"] == 1
     assert np.array_equal(rle_utils.decode(fixed["rle"]), sq)
+    assert fixed["prompt"]["points"] == [[*_inside(sq), 1]]  # the clicks that made it are kept with it
     assert store.reviews()["verdict"].tolist() == ["accept", "fix", "fix", "fix"]
 
 

@@ -108,6 +108,43 @@ def test_box_prompt_and_validation(service: SegmentationService, scenes: dict) -
         s.set_box(0, 0, float("nan"), 4)
 
 
+def test_stored_prompt_starts_the_object_without_clicks(service: SegmentationService, scenes: dict) -> None:
+    img, objects = scenes[3]
+    s = service.open_session(3)
+    x, y = _inside(objects["square"])
+    clicked = s.add_point(x, y, positive=True)
+    s.add_point(*_inside(objects["disc"]), positive=True)
+    r = s.load_prompt({"points": [[x, y, 1]], "box": None})  # replaces the prompts in effect
+    assert s.clicks == 2 and s.points == [(x, y, 1)] and s.box is None
+    assert np.array_equal(r.masks, clicked.masks)  # as the click made it: no earlier mask fed back
+    assert s.prompt() == {"points": [[x, y, 1]], "box": None}
+    s.undo()
+    assert len(s.points) == 2  # undo returns to the prompts before it
+    ys, xs = np.nonzero(objects["square"])
+    s.reset()
+    r = s.load_prompt({"points": [], "box": [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]})
+    assert s.clicks == 0 and np.array_equal(r.mask, objects["square"])
+
+
+@pytest.mark.parametrize(
+    ("prompt", "match"),
+    [
+        ({"points": [[5, 5, 2]], "box": None}, "label 0 or 1"),
+        ({"points": [[5, 5]], "box": None}, r"\[x, y, label\]"),
+        ({"points": [[500, 5, 1]], "box": None}, "outside the image"),
+        ({"points": [], "box": None}, "neither points nor a box"),
+        ({"points": [], "box": [0, 0, 4]}, r"\[x0, y0, x1, y1\]"),
+        ({"points": [], "box": [0, 0, 9999, 4]}, "outside the image"),
+        ("[[1, 2, 1]]", "need a dict"),
+    ],
+)
+def test_bad_stored_prompt_is_refused(service: SegmentationService, prompt: object, match: str) -> None:
+    s = service.open_session(1)
+    with pytest.raises(PromptError, match=match):
+        s.load_prompt(prompt)
+    assert s.points == [] and s.result is None and s.clicks == 0
+
+
 @pytest.mark.parametrize("xy", [(-1, 5), (5, -0.01), (128, 5), (5, 96), (float("inf"), 3), ("a", 2)])
 def test_points_outside_image_are_refused(service: SegmentationService, xy: tuple) -> None:
     s = service.open_session(1)

@@ -300,24 +300,27 @@ def test_complete_task_skips_what_accepted_masks_cover(store):
     assert len(store.masks(stage=2, image_id=1)) == 1 + len(work.masks)
 
 
+def _proposal(store, mask: np.ndarray, prompt: dict | None = None) -> int:
+    """A stage-2 model proposal on image 1, waiting for review."""
+    return store.commit_mask(
+        task_id=None,
+        image_id=1,
+        annotator_id=None,
+        stage=2,
+        source="model",
+        rle=rle_utils.encode(mask),
+        predicted_iou=0.8,
+        clicks=0,
+        seconds=0.0,
+        status="pending_review",
+        prompt=prompt,
+    )
+
+
 def test_reviewer_accepts_fixes_and_rejects(store):
     gt = scene()
     good, medium, bad = gt[0], gt[3] & (np.arange(W)[None, :] < 100), np.roll(gt[4], 40, axis=1)
-    ids = [
-        store.commit_mask(
-            task_id=None,
-            image_id=1,
-            annotator_id=None,
-            stage=2,
-            source="model",
-            rle=rle_utils.encode(m),
-            predicted_iou=0.8,
-            clicks=0,
-            seconds=0.0,
-            status="pending_review",
-        )
-        for m in (good, medium, bad)
-    ]
+    ids = [_proposal(store, m) for m in (good, medium, bad)]
     tasks = store.create_tasks(
         [{"image_id": 1, "stage": 2, "kind": "review", "annotator_id": "rev", "mask_id": i} for i in ids]
     )
@@ -327,6 +330,82 @@ def test_reviewer_accepts_fixes_and_rejects(store):
     fixed = store.get_mask(out[1]["fixed_mask_id"])
     assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3]) > 0.85
     assert all(store.get_task(t)["status"] == "done" for t in tasks)
+
+
+def _review_one(store, mask: np.ndarray, prompt: dict | None, predictor, policy: ReviewPolicy) -> dict:
+    """Commit one stage-2 proposal for review, let a reviewer with a click session work it; the fixed mask."""
+    mask_id = _proposal(store, mask, prompt)
+    store.create_tasks(
+        [{"image_id": 1, "stage": 2, "kind": "review", "annotator_id": "rev", "mask_id": mask_id}]
+    )
+    reviewer = SimulatedReviewer("rev", store, {1: _gt_rles()}, policy, service=service(predictor))
+    (out,) = reviewer.work_queue()
+    assert out["status"] == "superseded"
+    return store.get_mask(out["fixed_mask_id"])
+
+
+class SecondClickRepairs(FakePredictor):
+    """The object under the first point with its boundary errors; exact once a second point is given."""
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
+        self.fix_radius = 0.0 if len(point_coords) == 1 else float(H + W)
+        return super().predict(point_coords, point_labels, box, mask_input, multimask_output)
+
+
+DISC_PROMPT = {"points": [[95.0, 70.0, 1]], "box": None}  # the point that made a proposal on the disc
+
+
+def test_reviewer_fixes_from_the_stored_prompt_without_clicks_when_an_output_fits(store):
+    gt = scene()
+    medium = gt[3] & (np.arange(W)[None, :] < 100)  # the disc, cut off: IoU about 0.7
+    exact = FakePredictor({1: gt}, band=0, fix_radius=0.0)  # returns the object under the point
+    fixed = _review_one(store, medium, DISC_PROMPT, exact, ReviewPolicy())
+    assert not fixed["manual_fix"] and fixed["clicks"] == 0
+    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3]) == 1.0  # the model's mask, not a polygon
+    assert fixed["prompt"]["points"] == DISC_PROMPT["points"]
+    t = DEFAULT_TIME_MODEL
+    assert fixed["seconds"] == pytest.approx(t.review_seconds(1.0))  # no click and no tracing by hand
+
+
+def test_reviewer_fix_adds_corrective_clicks_then_traces_by_hand(store):
+    gt = scene()
+    medium = gt[3] & (np.arange(W)[None, :] < 100)
+    # a model whose boundary errors one click repairs: the stored prompt falls short, one click reaches 0.9
+    rough = SecondClickRepairs({1: gt}, band=3, fix_radius=0.0)
+    rough.set_image(np.zeros((H, W, 3), np.uint8), image_key=1)
+    first = rough.predict(np.array([[95.0, 70.0]]), np.array([1]))[0][0]
+    assert rle_utils.mask_iou(first, gt[3]) < 0.9  # the premise: the stored prompt alone does not fit
+    fixed = _review_one(store, medium, DISC_PROMPT, rough, ReviewPolicy(fix_clicks=1))
+    assert not fixed["manual_fix"] and fixed["clicks"] == 1
+    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3]) >= 0.9
+    assert len(fixed["prompt"]["points"]) == 2  # the stored point and the reviewer's click
+    # with no click of its own allowed, the same fix is traced by hand: manual, the GT outline as a polygon
+    fixed = _review_one(store, medium, DISC_PROMPT, rough, ReviewPolicy(fix_clicks=0))
+    assert fixed["manual_fix"] and fixed["clicks"] == 0 and fixed["prompt"] is None
+    polygon = polygon_fix(gt[3], ReviewPolicy().fix_tolerance_px)
+    assert np.array_equal(rle_utils.decode(fixed["rle"]), polygon)
+
+
+def test_reviewer_fix_that_the_model_cannot_make_counts_its_clicks_and_the_tracing(store):
+    gt = scene()
+    medium = gt[3] & (np.arange(W)[None, :] < 100)
+    fixed = _review_one(
+        store, medium, DISC_PROMPT, EmptyPredictor({1: gt}, 0, 0.0), ReviewPolicy(fix_clicks=2)
+    )
+    assert fixed["manual_fix"] and fixed["clicks"] == 2
+    t = DEFAULT_TIME_MODEL
+    assert fixed["seconds"] == pytest.approx(t.review_seconds(1.0) + 2 * t.per_click_s + t.manual_fix_s)
+    # without a stored prompt the corrective clicks start from scratch: the first click is the reviewer's
+    exact = FakePredictor({1: gt}, band=0, fix_radius=0.0)
+    fixed = _review_one(store, medium, None, exact, ReviewPolicy(fix_clicks=1))
+    assert not fixed["manual_fix"] and fixed["clicks"] == 1
+
+
+def test_review_policy_rejects_bad_fix_settings():
+    with pytest.raises(ValueError, match="fix_clicks"):
+        ReviewPolicy(fix_clicks=-1)
+    with pytest.raises(ValueError, match="fix_target_iou"):
+        ReviewPolicy(fix_target_iou=0.0)
 
 
 def test_workflow_end_to_end(tmp_path):

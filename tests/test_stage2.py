@@ -78,7 +78,11 @@ def test_commit_proposals_in_the_store(tmp_path):
                 "predicted_iou": 0.95,
                 "stability_score": 0.97,
             },
-            {"segmentation": rle_utils.encode(box(20, 40, 30, 60)), "predicted_iou": 0.8},
+            {
+                "segmentation": rle_utils.encode(box(20, 40, 30, 60)),
+                "predicted_iou": 0.8,
+                "point_coords": [[45.5, 30.25]],  # the grid point that made it (SA-1B's field)
+            },
             {"segmentation": rle_utils.encode(box(0, 5, 50, 60)), "predicted_iou": 0.3},
             {"segmentation": rle_utils.encode(np.zeros((H, W), bool)), "predicted_iou": 0.99},  # empty
         ]
@@ -88,6 +92,10 @@ def test_commit_proposals_in_the_store(tmp_path):
         masks = store.masks(stage=2, status=None).set_index("mask_id")
         assert sorted(masks["status"]) == ["accepted", "pending_review"] and set(masks["source"]) == {"model"}
         assert masks.loc[report.mask_ids["accept"][0], "stability_score"] == pytest.approx(0.97)
+        # the prompt that made a proposal is kept, so a reviewer can start a fix from it
+        reviewed = store.get_mask(report.mask_ids["review"][0])
+        assert reviewed["prompt"] == {"points": [[45.5, 30.25, 1]], "box": None}
+        assert store.get_mask(report.mask_ids["accept"][0])["prompt"] is None
         (task,) = [store.get_task(t) for t in report.review_task_ids]
         assert task["mask_id"] == report.mask_ids["review"][0] and task["annotator_id"] == "rev"
         assert store_coverage(store, {3: (H, W)}, stage=2)[3] == pytest.approx(600 / 2400)

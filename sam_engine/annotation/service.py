@@ -405,7 +405,7 @@ class AnnotationService:
             task = self.task(p, task_id)
             if task["kind"] != "review":
                 raise BadRequest(f"task {task_id} is not a review task")
-        clicks, seconds, manual = 0, 0.0, True
+        clicks, seconds, manual, prompt = 0, 0.0, True, None
         if verdict == "fix" and fixed_rle is None:
             if session is None or session.result is None or not session.current_mask().any():
                 raise BadRequest("verdict 'fix' needs a corrected mask: draw it first")
@@ -415,6 +415,7 @@ class AnnotationService:
                 )
             fixed_rle = rle_utils.encode(session.current_mask())
             clicks, seconds, manual = session.clicks, session.elapsed_seconds(), manual_fix
+            prompt = session.prompt()
         try:
             out = self.store.review(
                 mask_id,
@@ -426,6 +427,7 @@ class AnnotationService:
                 clicks=clicks,
                 seconds=seconds,
                 manual_fix=manual,
+                prompt=prompt,
             )
         except (ValueError, KeyError) as exc:
             raise BadRequest(str(exc)) from None

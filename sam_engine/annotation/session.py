@@ -7,6 +7,7 @@ Contract (others build on it; keep it stable)::
     session = service.open_session(image_id, task_id=None, annotator_id=None)   # embedding computed / cached
     result = session.add_point(x, y, positive=True)   # -> MaskResult(masks (3,H,W) bool, scores (3,), selected, clicks)
     result = session.set_box(x0, y0, x1, y1)
+    result = session.load_prompt({"points": [[x, y, 1]], "box": None})   # a stored prompt: adds no clicks
     result = session.undo()                    # previous state's result; None when back to no prompt
     session.choose(index); session.current_mask() -> (H,W) bool; session.reset(); session.elapsed_seconds()
 
@@ -359,6 +360,13 @@ class AnnotationSession:
         on_coarse: Callable[[MaskResult], None] | None = None,
     ) -> MaskResult:
         """Set (or replace) the box prompt; corners in any order, inside the image, at least 1 px each way."""
+        box = self._check_box(x0, y0, x1, y1)
+        self._push()
+        self.box = box
+        self.clicks += 1
+        return self._run(on_coarse)
+
+    def _check_box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
         if not all(_is_number(v) for v in (x0, y0, x1, y1)):
             raise PromptError(
                 f"box ({x0!r}, {y0!r}, {x1!r}, {y1!r}): coordinates must be numbers (not strings or booleans)"
@@ -374,10 +382,33 @@ class AnnotationSession:
             )
         if x1 - x0 < 1 or y1 - y0 < 1:
             raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is smaller than one pixel")
+        return (x0, y0, x1, y1)
+
+    def load_prompt(self, prompt: dict) -> MaskResult:
+        """Start the object from a stored prompt (``{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]
+        or None}``, as :meth:`prompt` writes it and stage-2 proposals record the point that made them). The
+        prompt is the model's or an earlier person's, not this person's effort: it adds no clicks. Replaces
+        any prompt in effect (undo returns to it)."""
+        if not isinstance(prompt, dict) or not isinstance(prompt.get("points") or [], list):
+            raise PromptError(f"stored prompt {prompt!r}: need a dict with a 'points' list and a 'box'")
+        points = []
+        for item in prompt.get("points") or []:
+            if not isinstance(item, list | tuple) or len(item) != 3 or item[2] not in (0, 1):
+                raise PromptError(f"stored prompt point {item!r}: need [x, y, label] with label 0 or 1")
+            x, y = self._check_point(item[0], item[1])
+            points.append((x, y, int(item[2])))
+        box = prompt.get("box")
+        if not points and box is None:
+            raise PromptError("stored prompt has neither points nor a box")
+        if len(points) + (box is not None) > MAX_PROMPTS:
+            raise PromptError(f"stored prompt has more than {MAX_PROMPTS} prompts")
+        if box is not None:
+            if not isinstance(box, list | tuple) or len(box) != 4:
+                raise PromptError(f"stored prompt box {box!r}: need [x0, y0, x1, y1]")
+            box = self._check_box(*box)
         self._push()
-        self.box = (x0, y0, x1, y1)
-        self.clicks += 1
-        return self._run(on_coarse)
+        self.points, self.box, self.result = points, box, None  # a new start: no earlier mask as input
+        return self._run()
 
     def _run(self, on_coarse: Callable[[MaskResult], None] | None = None) -> MaskResult:
         coords = labels = None

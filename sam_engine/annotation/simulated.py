@@ -22,6 +22,7 @@ touching one (the union becomes the target). Every random draw comes from a gene
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Session(Protocol):
     def choose(self, i: int) -> Any: ...
 
     def reset(self) -> None: ...
+
+    def load_prompt(self, prompt: dict) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class AnnotatorProfile:
             "click_noise_px": self.click_noise_px >= 0,
             "speed": self.speed > 0,
             "iou_target": 0.0 < self.iou_target <= 1.0,
-            "click_cap": self.click_cap >= 1,
+            "click_cap": self.click_cap >= 0,
             "patience": self.patience is None or self.patience >= 1,
             "fix_tolerance_px": self.fix_tolerance_px >= 0,
             "skip_area_below": self.skip_area_below >= 0,
@@ -240,23 +243,34 @@ class ClickWorker:
         self.profile = profile
         self.time_model = time_model
 
-    def segment_object(self, session: Session, target: np.ndarray, rng: np.random.Generator) -> SubmittedMask:
-        """Click on ``target`` until the IoU target, the click cap or ``patience``; manual fix if needed."""
+    def segment_object(
+        self,
+        session: Session,
+        target: np.ndarray,
+        rng: np.random.Generator,
+        start: dict | None = None,
+    ) -> SubmittedMask:
+        """Click on ``target`` until the IoU target, the click cap or ``patience``; manual fix if needed.
+        ``start``: a stored prompt the object begins from (a proposal's point; it costs no clicks)."""
         p = self.profile
         session.reset()
         pred = np.zeros(target.shape, dtype=bool)
         clicked = np.zeros(target.shape, dtype=bool)
         best_iou, best_mask, best_score, best_prompt = -1.0, pred, None, None
         clicks, since_better = 0, 0
-        while clicks < p.click_cap:
-            click = next_click(target, pred, clicked=clicked)
-            if click is None:
-                break
-            clicked[click.y, click.x] = True
-            region = target & ~pred if click.positive else pred & ~target
-            x, y = _noisy_point(click.x, click.y, region, p.click_noise_px, rng)
-            result = session.add_point(x, y, click.positive)
-            clicks += 1
+        result = session.load_prompt(start) if start is not None else None
+        while True:
+            if result is None:
+                if clicks >= p.click_cap:
+                    break
+                click = next_click(target, pred, clicked=clicked)
+                if click is None:
+                    break
+                clicked[click.y, click.x] = True
+                region = target & ~pred if click.positive else pred & ~target
+                x, y = _noisy_point(click.x, click.y, region, p.click_noise_px, rng)
+                result = session.add_point(x, y, click.positive)
+                clicks += 1
             masks = np.asarray(result.masks, dtype=bool)
             ious = [_mask_iou(m, target) for m in masks]
             pick = int(np.argmax(ious))
@@ -269,6 +283,7 @@ class ClickWorker:
                 best_prompt = session.prompt() if hasattr(session, "prompt") else None
             else:
                 since_better += 1
+            result = None
             if best_iou >= p.iou_target:
                 break
             if p.patience is not None and since_better >= p.patience:
@@ -457,23 +472,49 @@ class SimulatedAnnotator:
 
 @dataclass(frozen=True)
 class ReviewPolicy:
-    """How a simulated reviewer judges a mask against the hidden GT (best-matching object's IoU)."""
+    """How a simulated reviewer judges a mask against the hidden GT (best-matching object's IoU), and how it
+    fixes one. With a click session (the reviewer's ``service``) a fix starts from the mask's stored prompt
+    (no clicks), picks the best of the model's outputs by eye and adds up to ``fix_clicks`` corrective clicks
+    by the standard protocol; a fix that reaches ``fix_target_iou`` is the model's mask, otherwise the
+    reviewer traces the GT object by hand (a manual fix). Without a session every fix is traced by hand."""
 
     accept_iou: float = 0.85  # at or above: accept
-    fix_iou: float = 0.5  # at or above (below accept): fix by hand (polygon of the GT object)
+    fix_iou: float = 0.5  # at or above (below accept): fix
     fix_tolerance_px: float = 1.0
     speed: float = 1.0
+    fix_clicks: int = 1
+    fix_target_iou: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fix_iou <= self.accept_iou <= 1.0:
             raise ValueError(f"need 0 <= fix_iou <= accept_iou <= 1, got {self.fix_iou}, {self.accept_iou}")
+        if self.fix_clicks < 0 or not 0.0 < self.fix_target_iou <= 1.0:
+            raise ValueError(
+                f"need fix_clicks >= 0 and 0 < fix_target_iou <= 1, got {self.fix_clicks}, {self.fix_target_iou}"
+            )
+
+    def fixer(self, time_model: TimeModel) -> ClickWorker:
+        """The click worker a fix with the model runs: no click noise, no patience, this policy's cap."""
+        profile = AnnotatorProfile(
+            name="reviewer-fix",
+            click_noise_px=0.0,
+            speed=self.speed,
+            iou_target=self.fix_target_iou,
+            click_cap=self.fix_clicks,
+            patience=None,
+            fix_tolerance_px=self.fix_tolerance_px,
+            time_jitter=0.0,
+        )
+        return ClickWorker(profile, time_model)
 
 
 class SimulatedReviewer:
     """Works review tasks: accept / fix / reject each pending mask by its IoU with the hidden GT.
 
     A task with a ``mask_id`` reviews that mask; one without reviews every ``pending_review`` mask of its
-    image and stage. Seconds: ``REVIEW_S`` per verdict plus ``MANUAL_FIX_S`` per fix (scaled by speed).
+    image and stage. ``service``: a :class:`~sam_engine.annotation.session.SegmentationService` to fix with
+    the model's clicks (:class:`ReviewPolicy`); without one every fix is traced by hand. Seconds: ``REVIEW_S``
+    per verdict, plus ``PER_CLICK_S`` per corrective click and ``MANUAL_FIX_S`` per manual fix (by speed).
     """
 
     def __init__(
@@ -483,23 +524,30 @@ class SimulatedReviewer:
         ground_truth: GroundTruth,
         policy: ReviewPolicy | None = None,
         time_model: TimeModel = DEFAULT_TIME_MODEL,
+        service: Any = None,
     ):
         self.reviewer_id = reviewer_id
         self.store = store
         self.ground_truth = ground_truth
         self.policy = policy or ReviewPolicy()
         self.time_model = time_model
+        self.service = service
 
     def verdict(self, mask: np.ndarray, gt: Sequence[np.ndarray]) -> tuple[str, np.ndarray | None, float]:
-        """(verdict, fixed mask or None, best IoU) for one mask."""
-        ious = [_mask_iou(mask, g) for g in gt]
-        best = int(np.argmax(ious)) if ious else -1
-        iou = ious[best] if ious else 0.0
+        """(verdict, fixed mask traced by hand or None, best IoU) for one mask."""
+        best, iou = _best_match(mask, gt)
         if iou >= self.policy.accept_iou:
             return "accept", None, iou
         if iou >= self.policy.fix_iou:
             return "fix", polygon_fix(gt[best], self.policy.fix_tolerance_px), iou
         return "reject", None, iou
+
+    def fix_with_model(self, session: Session, target: np.ndarray, prompt: dict | None) -> SubmittedMask:
+        """Fix one mask with the model's clicks on an open session of its image, from its stored ``prompt``
+        (the corrective clicks start from scratch without one); a manual fix when they do not reach the
+        policy's target. Deterministic: the fixer places its clicks without noise."""
+        worker = self.policy.fixer(self.time_model)
+        return worker.segment_object(session, target, np.random.default_rng(0), start=prompt)
 
     def work(self, task: Mapping[str, Any]) -> list[dict]:
         """Review one task; returns the store's review results."""
@@ -511,15 +559,24 @@ class SimulatedReviewer:
             pending = pending[pending["mask_id"] == int(task["mask_id"])]
         out = []
         gt: list[np.ndarray] | None = None
+        session = None
         with self.store.transaction():
             for row in pending.itertuples(index=False):
                 mask = rle_utils.decode(row.rle)
                 if gt is None:
                     gt = _gt_masks(self.ground_truth, image_id, *mask.shape)
                 verdict, fixed, iou = self.verdict(mask, gt)
-                seconds = self.time_model.review_seconds(self.policy.speed)
-                if verdict == "fix":
-                    seconds += self.time_model.manual_fix_s * self.policy.speed
+                speed, t = self.policy.speed, self.time_model
+                seconds, clicks, manual, prompt = t.review_seconds(speed), 0, True, None
+                if verdict == "fix" and self.service is not None:
+                    if session is None:
+                        session = self.service.open_session(image_id, annotator_id=self.reviewer_id)
+                    target = gt[_best_match(mask, gt)[0]]
+                    sub = self.fix_with_model(session, target, _stored_prompt(row))
+                    fixed, clicks, manual, prompt = sub.mask, sub.clicks, sub.manual_fix, sub.prompt
+                    seconds += t.per_click_s * speed * clicks
+                if verdict == "fix" and manual:
+                    seconds += t.manual_fix_s * speed
                 out.append(
                     self.store.review(
                         int(row.mask_id),
@@ -527,7 +584,10 @@ class SimulatedReviewer:
                         verdict,
                         comment=f"simulated review: IoU vs reference {iou:.2f}",
                         fixed_rle=None if fixed is None else rle_utils.encode(fixed),
+                        clicks=clicks,
                         seconds=seconds,
+                        manual_fix=manual,
+                        prompt=None if manual else prompt,
                     )
                 )
             self.store.set_task_status(int(task["task_id"]), "done")
@@ -540,6 +600,21 @@ class SimulatedReviewer:
         for task in tasks[: limit if limit is not None else len(tasks)]:
             out.extend(self.work(task))
         return out
+
+
+def _best_match(mask: np.ndarray, gt: Sequence[np.ndarray]) -> tuple[int, float]:
+    """(index, IoU) of the GT object ``mask`` matches best; (-1, 0.0) without GT."""
+    ious = [_mask_iou(mask, g) for g in gt]
+    best = int(np.argmax(ious)) if ious else -1
+    return best, (ious[best] if ious else 0.0)
+
+
+def _stored_prompt(row: Any) -> dict | None:
+    """A store row's prompt as a dict (the store keeps it as JSON text); None when it has none."""
+    prompt = getattr(row, "prompt", None)
+    if prompt is None or (isinstance(prompt, float) and np.isnan(prompt)):
+        return None
+    return json.loads(prompt) if isinstance(prompt, str) else dict(prompt)
 
 
 def _isna(value: Any) -> bool:

@@ -143,27 +143,34 @@ def _independent_runs(jobs: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]
     return runs
 
 
-def review_stage(ws: Workspace, store, stage: int) -> int:
-    """Simulated reviewers work the stage's open review tasks; returns the number of verdicts."""
+def review_stage(ws: Workspace, store, stage: int, model: ModelRef | None = None) -> int:
+    """Simulated reviewers work the stage's open review tasks; returns the number of verdicts. With
+    ``model`` they fix with its clicks from each mask's stored prompt before tracing one by hand."""
     gt = ws.ground_truth()
+    service = SegmentationService(ws.predictor(model), ws.load, cache_size=8) if model is not None else None
     n = 0
-    for i in range(ws.cfg.stages.reviewers):
-        n += len(SimulatedReviewer(f"rev_{i + 1:02d}", store, gt).work_queue())
-    # review tasks nobody was assigned to go to the first reviewer
-    open_reviews = store.tasks(status="pending", stage=stage)
-    open_reviews = open_reviews[open_reviews["kind"] == "review"]
-    if len(open_reviews):
-        reviewer = SimulatedReviewer("rev_01", store, gt)
-        for task in open_reviews.to_dict("records"):
-            n += len(reviewer.work(task))
+    try:
+        for i in range(ws.cfg.stages.reviewers):
+            n += len(SimulatedReviewer(f"rev_{i + 1:02d}", store, gt, service=service).work_queue())
+        # review tasks nobody was assigned to go to the first reviewer
+        open_reviews = store.tasks(status="pending", stage=stage)
+        open_reviews = open_reviews[open_reviews["kind"] == "review"]
+        if len(open_reviews):
+            reviewer = SimulatedReviewer("rev_01", store, gt, service=service)
+            for task in open_reviews.to_dict("records"):
+                n += len(reviewer.work(task))
+    finally:
+        if service is not None:
+            service.close()
     return n
 
 
-def consolidate(ws: Workspace, store, stage: int) -> dict[str, Any]:
-    """Consensus over overlapping images (weighted by gold accuracy), then review of flagged masks."""
+def consolidate(ws: Workspace, store, stage: int, model: ModelRef | None = None) -> dict[str, Any]:
+    """Consensus over overlapping images (weighted by gold accuracy), then review of flagged masks (fixed
+    with ``model``'s clicks where it has one, :func:`review_stage`)."""
     weights = annotator_weights(store.gold_scores())
     report = run_consensus(store, stage, weights=weights, config=ConsensusConfig())
-    verdicts = review_stage(ws, store, stage) if ws.cfg.stages.reviewers else 0
+    verdicts = review_stage(ws, store, stage, model) if ws.cfg.stages.reviewers else 0
     return {"consensus_images": report.images, "flagged": report.flagged, "review_verdicts": verdicts}
 
 

@@ -1008,12 +1008,14 @@ class QualityStore:
         clicks: int = 0,
         seconds: float = 0.0,
         manual_fix: bool = True,
+        prompt: dict | None = None,
     ) -> dict:
         """Record a reviewer's verdict on a mask.
 
         accept → status 'accepted'; reject → 'rejected'; fix (needs ``fixed_rle``) → a new version (source
         'human', by the reviewer, ``manual_fix`` as given: a mask drawn by hand, or False for one the reviewer
-        made with the model's clicks) is accepted and the reviewed one becomes 'superseded'.
+        made with the model's clicks, whose ``prompt`` is kept) is accepted and the reviewed one becomes
+        'superseded'.
         A review task given as ``task_id`` is marked done. Returns ``{"review_id", "mask_id", "status",
         "fixed_mask_id", "event_id"}``.
         """
@@ -1044,7 +1046,7 @@ class QualityStore:
                     manual_fix=manual_fix,
                     status="accepted",
                     request_id=None,
-                    prompt=None,
+                    prompt=prompt,
                     version=row["version"] + 1,
                     parent=row["mask_id"],
                     root=row["root_mask_id"],
