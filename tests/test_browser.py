@@ -173,6 +173,37 @@ def test_reviewer_accepts_and_rejects_in_review_mode(browser, server: ServerThre
     assert (
         reviews["verdict"].tolist() == ["accept", "reject"] and reviews["comment"].iloc[1] == "not one object"
     )
+
+    # a proposal that keeps the point that made it opens with the model's masks there: fix without a click
+    sq = world.objects[1]["square"]
+    ys, xs = np.nonzero(sq)
+    short = sq & (np.arange(sq.shape[0])[:, None] > ys.min() + 2)
+    point = [float(xs.mean()), float(ys.mean()), 1]
+    pid = world.store.commit_mask(
+        task_id=None,
+        image_id=1,
+        annotator_id=None,
+        stage=2,
+        source="model",
+        rle=rle_utils.encode(short),
+        predicted_iou=0.7,
+        clicks=0,
+        seconds=0.0,
+        status="pending_review",
+        prompt={"points": [point], "box": None},
+    )
+    page.locator("#mode-annotate").click()
+    page.locator("#mode-review").click()  # the queue reloads with the new proposal
+    page.wait_for_selector(f"#review-list button[data-mask-id='{pid}']")
+    page.locator(f"#review-list button[data-mask-id='{pid}']").click()
+    page.wait_for_function(
+        "() => document.getElementById('review-current').textContent.includes(\"The model's masks\")"
+    )
+    page.locator("#btn-review-fix").click()
+    page.wait_for_function(f"() => !document.querySelector(\"#review-list button[data-mask-id='{pid}']\")")
+    fixed = world.store.get_mask(int(world.store.reviews()["fixed_mask_id"].dropna().iloc[-1]))
+    assert fixed["clicks"] == 0 and not fixed["manual_fix"] and fixed["prompt"]["points"] == [point]
+    assert np.array_equal(rle_utils.decode(fixed["rle"]), sq)
     assert errors == []
     page.close()
 

@@ -464,6 +464,59 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
     assert store.reviews()["verdict"].tolist() == ["accept", "fix", "fix", "fix"]
 
 
+def test_review_fix_starts_from_the_proposals_stored_prompt(client: TestClient, world: World) -> None:
+    store = world.store
+    sq = world.objects[1]["square"]
+    cut = sq.copy()
+    cut[np.nonzero(sq)[0].min() : np.nonzero(sq)[0].min() + 3] = False  # a proposal a few rows short
+    x, y = _inside(sq)
+
+    def proposal(image_id: int, prompt: dict | None) -> int:
+        return store.commit_mask(
+            task_id=None,
+            image_id=image_id,
+            annotator_id=None,
+            stage=2,
+            source="model",
+            rle=rle_utils.encode(cut),
+            predicted_iou=0.8,
+            clicks=0,
+            seconds=0.0,
+            status="pending_review",
+            prompt=prompt,
+        )
+
+    with_prompt = proposal(1, {"points": [[x, y, 1]], "box": None})
+    without, elsewhere = proposal(1, None), proposal(2, {"points": [[x, y, 1]], "box": None})
+    queue = {
+        i["mask_id"]: i for i in client.get("/api/review/queue", headers=auth(world, "rita")).json()["items"]
+    }
+    assert queue[with_prompt]["has_prompt"] and not queue[without]["has_prompt"]
+    conn, ws = open_ws(client, world, "rita")
+    try:
+        assert ws.send(type="start_from", mask_id=with_prompt)["code"] == "bad_request"  # no image open
+        ws.send(type="open", image_id=1)
+        masks = ws.send(type="start_from", mask_id=with_prompt)
+        assert masks["type"] == "masks" and masks["clicks"] == 0 and masks["points"] == [[x, y, 1]]
+        for mask_id, why in ((without, "no stored prompt"), (elsewhere, "the open image is 1")):
+            err = ws.send(type="start_from", mask_id=mask_id)
+            assert err["code"] == "bad_request" and why in err["message"]
+        ws.send(type="start_from", mask_id=with_prompt)
+        out = ws.send(type="review", mask_id=with_prompt, verdict="fix")
+    finally:
+        conn.__exit__(None, None, None)
+    fixed = store.get_mask(out["fixed_mask_id"])
+    # the model's mask at the stored prompt: no click, no tracing by hand
+    assert fixed["clicks"] == 0 and not fixed["manual_fix"] and fixed["prompt"]["points"] == [[x, y, 1]]
+    assert np.array_equal(rle_utils.decode(fixed["rle"]), sq)
+    conn, ws = open_ws(client, world, "alice")  # an annotator does not review
+    try:
+        ws.send(type="open", task_id=world.tasks["alice"][0])
+        assert ws.send(type="start_from", mask_id=with_prompt)["code"] == "forbidden"
+    finally:
+        conn.__exit__(None, None, None)
+
+
 # ------------------------------------------------------------------------------------------- export
 def test_exports_decode_with_pycocotools(client: TestClient, world: World, tmp_path: Path) -> None:
     conn, ws = open_ws(client, world, "alice")

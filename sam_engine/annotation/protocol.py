@@ -12,6 +12,8 @@ Client → server (JSON text frames; every message may carry ``seq``, an integer
 ``accept``  ``{request_id, manual_fix=false}`` — idempotent per annotator and request id
 ``skip``    ``{reason?}``; ``done`` ``{}`` — finish the task; ``comment`` ``{text, mask_id?}``
 ``review``  ``{mask_id, verdict: accept|fix|reject, comment?, task_id?}`` — ``fix`` uses the session's mask
+``start_from`` ``{mask_id}`` — start the object from the prompt stored with that mask on the open image (a
+            proposal's grid point): its masks, with no click counted, to correct before a ``fix``
 ``ping``    ``{}``
 =========  ==================================================================================================
 
@@ -162,6 +164,11 @@ class ReviewMsg(_Msg):
     manual_fix: bool = False  # a fix the reviewer also edited by hand (as AcceptMsg)
 
 
+class StartFromMsg(_Msg):
+    type: Literal["start_from"]
+    mask_id: int
+
+
 class PingMsg(_Msg):
     type: Literal["ping"]
 
@@ -179,6 +186,7 @@ Message = Annotated[
     | DoneMsg
     | CommentMsg
     | ReviewMsg
+    | StartFromMsg
     | PingMsg,
     Field(discriminator="type"),
 ]
@@ -196,6 +204,7 @@ MESSAGE_TYPES = (
     "done",
     "comment",
     "review",
+    "start_from",
     "ping",
 )
 

@@ -372,6 +372,8 @@ class WsConnection:
                 manual_fix=m.manual_fix,
             )
             return {"type": "reviewed", "seq": m.seq, **out}
+        if kind == "start_from":
+            return self._masks(self.api.start_from(self.p, self.session, m.mask_id), m.seq)
         raise BadRequest(f"unhandled message type {kind!r}")
 
 

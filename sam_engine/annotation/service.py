@@ -22,7 +22,7 @@ from sam_engine.quality.store import QualityStore
 from . import export, history
 from .auth import Principal
 from .protocol import BadRequest, Forbidden, NotFound
-from .session import AnnotationSession, SegmentationService
+from .session import AnnotationSession, MaskResult, SegmentationService
 
 ANNOTATION_KINDS = ("annotate", "honeypot", "complete")
 
@@ -435,6 +435,19 @@ class AnnotationService:
             session.reset()
         return out
 
+    def start_from(self, p: Principal, session: AnnotationSession | None, mask_id: int) -> MaskResult:
+        """Start the open session's object from the prompt stored with ``mask_id`` (a proposal's grid point):
+        the model's masks there, with no click counted, for a reviewer to correct before a ``fix``."""
+        p.require("reviewer")
+        mask = self.mask(p, mask_id)
+        if session is None:
+            raise BadRequest(f"open image {mask['image_id']} first")
+        if session.image_id != mask["image_id"]:
+            raise BadRequest(f"the open image is {session.image_id}, mask {mask_id} is on {mask['image_id']}")
+        if not mask.get("prompt"):
+            raise BadRequest(f"mask {mask_id} has no stored prompt: click on the object to fix it")
+        return session.load_prompt(mask["prompt"])
+
     # ----------------------------------------------------------------------------------------- export
     def export_coco(self, p: Principal, stage: int | None = None, status: str | None = "accepted") -> dict:
         p.require("admin")
@@ -483,4 +496,5 @@ def _mask_json(r: dict) -> dict:
         "area": int(r["area"]),
         "predicted_iou": _opt(r.get("predicted_iou")),
         "segmentation": r.get("rle"),
+        "has_prompt": isinstance(r.get("prompt"), str | dict) and bool(r["prompt"]),  # start_from can use it
     }

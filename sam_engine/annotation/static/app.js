@@ -547,7 +547,15 @@
   async function openReview(item) {
     state.review = item;
     await openWith({ type: "open", image_id: item.image_id });
-    $("review-current").textContent = `Reviewing mask #${item.mask_id} (${item.area} px). Draw a new mask to fix it.`;
+    let how = "Draw a new mask to fix it.";
+    if (item.has_prompt) {
+      // the model's masks at the prompt that made the proposal (no click counted): pick one, click to correct
+      try {
+        await applyMasks(await send({ type: "start_from", mask_id: item.mask_id }));
+        how = "The model's masks at its prompt: pick one or click to correct it, then fix.";
+      } catch (e) { setStatus(e.message, "error"); }
+    }
+    $("review-current").textContent = `Reviewing mask #${item.mask_id} (${item.area} px). ${how}`;
     await loadReviewQueue();
     redraw();
   }
