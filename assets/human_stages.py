@@ -154,22 +154,21 @@ def stage2_tasks(
     group_name=GROUP2,
     deps=["stage2_tasks", "pool_ground_truth"],
     ins={"model_v1": AssetIn()},
-    description="Stage-2 masks: auto-accepted + reviewed proposals + human-completed masks.",
+    description="Stage-2 masks: auto-accepted + reviewed proposals + human-completed masks (reviews first, so "
+    "people complete only what no accepted or fixed proposal covers).",
 )
 def stage2_masks(context: AssetExecutionContext, engine: EngineResource, model_v1: ModelRef) -> Output[dict]:
     ws = workspace(engine)
     gold_ids = {im.image_id for im in ws.gold.images}
     with ws.open_store() as store:
         worked = (
-            human_stage.simulate_stage(ws, store, 2, model_v1, log_fn=context.log.info)
+            human_stage.work_stage2(ws, store, model_v1, log_fn=context.log.info)
             if ws.cfg.annotators == "simulated"
-            else {"tasks_worked": 0}
+            else {"tasks_worked": 0, "review_verdicts": 0}
         )
-        verdicts = human_stage.review_stage(ws, store, 2, model_v1) if ws.cfg.annotators == "simulated" else 0
         summary = _stage_summary(store, 2, gold_ids)
         preview = _preview(ws, store, 2)
     summary.update(worked)
-    summary["review_verdicts"] = verdicts
     return Output(summary, metadata={**summary, "preview": MetadataValue.md(preview)})
 
 

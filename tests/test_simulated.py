@@ -401,6 +401,26 @@ def test_reviewer_fix_that_the_model_cannot_make_counts_its_clicks_and_the_traci
     assert not fixed["manual_fix"] and fixed["clicks"] == 1
 
 
+def test_stage2_reviews_before_completion_so_people_do_not_redraw_a_fixed_object(store, monkeypatch):
+    from sam_engine.engine import human_stage
+
+    gt = scene()
+    medium = gt[3] & (np.arange(W)[None, :] < 100)
+    exact = FakePredictor({1: gt}, band=0, fix_radius=0.0)
+    _review_one(store, medium, DISC_PROMPT, exact, ReviewPolicy())  # the disc's proposal, fixed
+    (task,) = store.create_tasks([{"image_id": 1, "stage": 2, "kind": "complete", "annotator_id": "ann"}])
+    work = SimulatedAnnotator("ann", CLEAN, service(exact), store, {1: _gt_rles()}).work(store.get_task(task))
+    assert 3 in work.covered and 3 not in {i for m in work.masks for i in m.gt_indices}
+    # the engine's stage 2 runs the reviews first
+    calls: list[str] = []
+    monkeypatch.setattr(human_stage, "review_stage", lambda *a, **k: calls.append("review") or 7)
+    monkeypatch.setattr(
+        human_stage, "simulate_stage", lambda *a, **k: calls.append("complete") or {"tasks_worked": 2}
+    )
+    assert human_stage.work_stage2(None, store, None) == {"tasks_worked": 2, "review_verdicts": 7}
+    assert calls == ["review", "complete"]
+
+
 def test_review_policy_rejects_bad_fix_settings():
     with pytest.raises(ValueError, match="fix_clicks"):
         ReviewPolicy(fix_clicks=-1)

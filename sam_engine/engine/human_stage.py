@@ -128,6 +128,16 @@ def simulate_stage(
     return {"tasks_worked": done}
 
 
+def work_stage2(
+    ws: Workspace, store, model: ModelRef, log_fn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Stage 2's people, simulated: reviewers first work the proposals routed to them, then annotators complete
+    what no accepted mask covers, so an object a reviewer accepted or fixed is not drawn a second time."""
+    verdicts = review_stage(ws, store, 2, model)
+    worked = simulate_stage(ws, store, 2, model, log_fn=log_fn)
+    return {**worked, "review_verdicts": verdicts}
+
+
 def _independent_runs(jobs: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]:
     """Consecutive runs of tasks that can be worked at once: a ``complete`` task reads the accepted masks of
     its image, so it starts a new run when an earlier task of the run is on the same image."""
@@ -147,7 +157,11 @@ def review_stage(ws: Workspace, store, stage: int, model: ModelRef | None = None
     """Simulated reviewers work the stage's open review tasks; returns the number of verdicts. With
     ``model`` they fix with its clicks from each mask's stored prompt before tracing one by hand."""
     gt = ws.ground_truth()
-    service = SegmentationService(ws.predictor(model), ws.load, cache_size=8) if model is not None else None
+    pending = store.tasks(status="pending", stage=stage)
+    to_review = bool(len(pending)) and bool((pending["kind"] == "review").any())
+    service = None
+    if model is not None and to_review:  # a click session only where there is something to fix
+        service = SegmentationService(ws.predictor(model), ws.load, cache_size=8)
     n = 0
     try:
         for i in range(ws.cfg.stages.reviewers):
