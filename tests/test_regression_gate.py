@@ -109,7 +109,25 @@ def test_report_table_of_paired_changes_between_versions():
     assert t["iou@1 change"].tolist() == pytest.approx([0.05, -0.25])
     assert t["noc@90 change"].tolist() == pytest.approx([-1.0, 0.0])
     assert t["gate"].tolist() == ["passed", "regressed: iou@1"]
+    assert t["improved beyond noise"].tolist() == ["iou@1, noc@90", "none"]
     assert (t["objects"] == 60).all()
+
+
+def test_improved_beyond_noise_needs_the_gain_to_clear_z_standard_errors():
+    from sam_engine.engine.report import paired_changes
+
+    rng = np.random.default_rng(5)
+    iou, noc = rng.uniform(0.2, 0.8, 200), rng.integers(2, 21, 200).astype(float)
+    noise = rng.normal(0, 0.2, 200)
+    v0 = {"per_object": _table(iou, noc)}
+    small = {"per_object": _table(iou + 0.005 + noise, noc)}  # a gain well inside its standard error
+    clear = {"per_object": _table(iou + 0.1 + noise, noc)}  # the same noise, a gain several se clear
+    t = paired_changes({"v0": v0, "v1": small}, EvalSection()).set_index("change")
+    assert 0 < t.loc["v0 -> v1", "iou@1 change"] < 1.645 * t.loc["v0 -> v1", "iou@1 se"]
+    assert t.loc["v0 -> v1", "improved beyond noise"] == "none"
+    t = paired_changes({"v0": v0, "v2": clear}, EvalSection()).set_index("change")
+    assert t.loc["v0 -> v2", "iou@1 change"] > 1.645 * t.loc["v0 -> v2", "iou@1 se"]
+    assert t.loc["v0 -> v2", "improved beyond noise"] == "iou@1"
 
 
 def test_paired_difference_mean_and_standard_error():

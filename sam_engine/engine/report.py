@@ -105,8 +105,9 @@ def models_table(evals: dict[str, dict]) -> pd.DataFrame:
 
 def paired_changes(evals: dict[str, dict], cfg_eval: Any) -> pd.DataFrame:
     """Each model against the one before it on the same gold objects: mean paired change and its standard
-    error for 1-click IoU and NoC@90, and the no-regression gate's verdict (see
-    :mod:`sam_engine.evaluation.regression`). Pairs without per-object results are left out."""
+    error for 1-click IoU and NoC@90, the metrics it improved beyond noise (by the gate's z standard errors)
+    and the no-regression gate's verdict (see :mod:`sam_engine.evaluation.regression`). Pairs without
+    per-object results are left out."""
     from ..evaluation.regression import no_regression
 
     names = list(evals)
@@ -121,6 +122,8 @@ def paired_changes(evals: dict[str, dict], cfg_eval: Any) -> pd.DataFrame:
             # + is more IoU, or more clicks
             row[f"{mv.metric} change"] = round(mv.mean_change, 4) + 0.0  # + 0.0: no "-0.0"
             row[f"{mv.metric} se"] = round(mv.se_loss, 4)
+        better = [mv.metric for mv in verdict.metrics if mv.improved(verdict.z)]
+        row["improved beyond noise"] = ", ".join(better) or "none"
         row["gate"] = "passed" if verdict.passed else "regressed: " + verdict.as_metadata()["regressed"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -391,7 +394,7 @@ def build_report(
             f"Models on the gold set (held out; clicks answered {predictor_desc})",
             _text_table(models),
             *carried,
-            "Paired changes on the same gold objects (mean, standard error; the no-regression gate)",
+            "Paired changes on the same gold objects (mean, standard error, improved beyond noise; the gate)",
             _text_table(changes) if len(changes) else "(no per-object results)",
             "",
             "Region coverage (images with a kept mask)",
@@ -423,7 +426,7 @@ def build_report(
         f"### Models on the gold set (clicks answered {predictor_desc})",
         _md_table(models),
         *[f"_{n}_" for n in carried],
-        "Paired changes on the same gold objects (mean, standard error; the no-regression gate):",
+        "Paired changes on the same gold objects (mean, standard error, improved beyond noise; the gate):",
         _md_table(changes) if len(changes) else "_no per-object results_",
         models_chart(models),
         "### Masks by stage",

@@ -43,6 +43,10 @@ class MetricVerdict:
     def mean_loss(self) -> float:
         return -METRIC_SENSE[self.metric] * self.mean_change + 0.0  # + 0.0: no "-0.0"
 
+    def improved(self, z: float) -> bool:
+        """Better beyond noise: the one-sided upper confidence bound of the loss (z standard errors) below 0."""
+        return self.n_paired > 1 and self.mean_loss + z * self.se_loss < 0.0
+
     def as_metadata(self) -> dict[str, float]:
         m = self.metric
         return {
