@@ -536,11 +536,13 @@ class SimulatedReviewer:
     def verdict(self, mask: np.ndarray, gt: Sequence[np.ndarray]) -> tuple[str, np.ndarray | None, float]:
         """(verdict, fixed mask traced by hand or None, best IoU) for one mask."""
         best, iou = _best_match(mask, gt)
+        kind = self._judge(iou)
+        return kind, polygon_fix(gt[best], self.policy.fix_tolerance_px) if kind == "fix" else None, iou
+
+    def _judge(self, iou: float) -> str:
         if iou >= self.policy.accept_iou:
-            return "accept", None, iou
-        if iou >= self.policy.fix_iou:
-            return "fix", polygon_fix(gt[best], self.policy.fix_tolerance_px), iou
-        return "reject", None, iou
+            return "accept"
+        return "fix" if iou >= self.policy.fix_iou else "reject"
 
     def fix_with_model(self, session: Session, target: np.ndarray, prompt: dict | None) -> SubmittedMask:
         """Fix one mask with the model's clicks on an open session of its image, from its stored ``prompt``
@@ -565,16 +567,18 @@ class SimulatedReviewer:
                 mask = rle_utils.decode(row.rle)
                 if gt is None:
                     gt = _gt_masks(self.ground_truth, image_id, *mask.shape)
-                verdict, fixed, iou = self.verdict(mask, gt)
+                best, iou = _best_match(mask, gt)
+                verdict, fixed = self._judge(iou), None
                 speed, t = self.policy.speed, self.time_model
                 seconds, clicks, manual, prompt = t.review_seconds(speed), 0, True, None
                 if verdict == "fix" and self.service is not None:
                     if session is None:
                         session = self.service.open_session(image_id, annotator_id=self.reviewer_id)
-                    target = gt[_best_match(mask, gt)[0]]
-                    sub = self.fix_with_model(session, target, _stored_prompt(row))
+                    sub = self.fix_with_model(session, gt[best], _stored_prompt(row))
                     fixed, clicks, manual, prompt = sub.mask, sub.clicks, sub.manual_fix, sub.prompt
                     seconds += t.per_click_s * speed * clicks
+                elif verdict == "fix":
+                    fixed = polygon_fix(gt[best], self.policy.fix_tolerance_px)
                 if verdict == "fix" and manual:
                     seconds += t.manual_fix_s * speed
                 out.append(
