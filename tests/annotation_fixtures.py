@@ -143,6 +143,31 @@ class RefiningFakePredictor(FakePredictor):
         return super().predict(*args, **kwargs)
 
 
+def pending_proposal(
+    store: QualityStore,
+    image_id: int,
+    mask: np.ndarray,
+    prompt: dict | None = None,
+    predicted_iou: float = 0.8,
+) -> int:
+    """A stage-2 model proposal waiting for review (with the prompt that made it, when given); its mask id."""
+    from sam_engine.data import rle as rle_utils
+
+    return store.commit_mask(
+        task_id=None,
+        image_id=image_id,
+        annotator_id=None,
+        stage=2,
+        source="model",
+        rle=rle_utils.encode(mask),
+        predicted_iou=predicted_iou,
+        clicks=0,
+        seconds=0.0,
+        status="pending_review",
+        prompt=prompt,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ scenes
 def make_scene(seed: int = 0, height: int = 96, width: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A flat-colour scene: a red box with a lighter inner part, a blue disc, a small green square.

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotation_fixtures import RefiningFakePredictor, ServerThread, World, build_app, make_world
+from annotation_fixtures import (
+    RefiningFakePredictor,
+    ServerThread,
+    World,
+    build_app,
+    make_world,
+    pending_proposal,
+)
 from browser_support import BROWSER_MARKS, launch
 
 from sam_engine.data import rle as rle_utils
@@ -179,19 +186,7 @@ def test_reviewer_accepts_and_rejects_in_review_mode(browser, server: ServerThre
     ys, xs = np.nonzero(sq)
     short = sq & (np.arange(sq.shape[0])[:, None] > ys.min() + 2)
     point = [float(xs.mean()), float(ys.mean()), 1]
-    pid = world.store.commit_mask(
-        task_id=None,
-        image_id=1,
-        annotator_id=None,
-        stage=2,
-        source="model",
-        rle=rle_utils.encode(short),
-        predicted_iou=0.7,
-        clicks=0,
-        seconds=0.0,
-        status="pending_review",
-        prompt={"points": [point], "box": None},
-    )
+    pid = pending_proposal(world.store, 1, short, {"points": [point], "box": None}, predicted_iou=0.7)
     page.locator("#mode-annotate").click()
     page.locator("#mode-review").click()  # the queue reloads with the new proposal
     page.wait_for_selector(f"#review-list button[data-mask-id='{pid}']")

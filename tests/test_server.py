@@ -20,6 +20,7 @@ from annotation_fixtures import (
     build_app,
     free_port,
     make_world,
+    pending_proposal,
     serve_command,
     wait_http,
 )
@@ -471,23 +472,9 @@ def test_review_fix_starts_from_the_proposals_stored_prompt(client: TestClient, 
     cut[np.nonzero(sq)[0].min() : np.nonzero(sq)[0].min() + 3] = False  # a proposal a few rows short
     x, y = _inside(sq)
 
-    def proposal(image_id: int, prompt: dict | None) -> int:
-        return store.commit_mask(
-            task_id=None,
-            image_id=image_id,
-            annotator_id=None,
-            stage=2,
-            source="model",
-            rle=rle_utils.encode(cut),
-            predicted_iou=0.8,
-            clicks=0,
-            seconds=0.0,
-            status="pending_review",
-            prompt=prompt,
-        )
-
-    with_prompt = proposal(1, {"points": [[x, y, 1]], "box": None})
-    without, elsewhere = proposal(1, None), proposal(2, {"points": [[x, y, 1]], "box": None})
+    point = {"points": [[x, y, 1]], "box": None}
+    with_prompt = pending_proposal(store, 1, cut, point)
+    without, elsewhere = pending_proposal(store, 1, cut), pending_proposal(store, 2, cut, point)
     queue = {
         i["mask_id"]: i for i in client.get("/api/review/queue", headers=auth(world, "rita")).json()["items"]
     }

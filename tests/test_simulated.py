@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from annotation_fixtures import pending_proposal
 from scipy import ndimage
 
 from sam_engine.annotation.session import SegmentationService
@@ -300,27 +301,10 @@ def test_complete_task_skips_what_accepted_masks_cover(store):
     assert len(store.masks(stage=2, image_id=1)) == 1 + len(work.masks)
 
 
-def _proposal(store, mask: np.ndarray, prompt: dict | None = None) -> int:
-    """A stage-2 model proposal on image 1, waiting for review."""
-    return store.commit_mask(
-        task_id=None,
-        image_id=1,
-        annotator_id=None,
-        stage=2,
-        source="model",
-        rle=rle_utils.encode(mask),
-        predicted_iou=0.8,
-        clicks=0,
-        seconds=0.0,
-        status="pending_review",
-        prompt=prompt,
-    )
-
-
 def test_reviewer_accepts_fixes_and_rejects(store):
     gt = scene()
     good, medium, bad = gt[0], gt[3] & (np.arange(W)[None, :] < 100), np.roll(gt[4], 40, axis=1)
-    ids = [_proposal(store, m) for m in (good, medium, bad)]
+    ids = [pending_proposal(store, 1, m) for m in (good, medium, bad)]
     tasks = store.create_tasks(
         [{"image_id": 1, "stage": 2, "kind": "review", "annotator_id": "rev", "mask_id": i} for i in ids]
     )
@@ -334,7 +318,7 @@ def test_reviewer_accepts_fixes_and_rejects(store):
 
 def _review_one(store, mask: np.ndarray, prompt: dict | None, predictor, policy: ReviewPolicy) -> dict:
     """Commit one stage-2 proposal for review, let a reviewer with a click session work it; the fixed mask."""
-    mask_id = _proposal(store, mask, prompt)
+    mask_id = pending_proposal(store, 1, mask, prompt)
     store.create_tasks(
         [{"image_id": 1, "stage": 2, "kind": "review", "annotator_id": "rev", "mask_id": mask_id}]
     )
