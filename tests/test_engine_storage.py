@@ -403,6 +403,43 @@ def test_train_version_default_is_one_process(tmp_path, monkeypatch):
     assert CHECKPOINT_URL not in ref.data  # no models_url: nothing published
 
 
+def _images_corpus(n: int) -> MaskCorpus:
+    one = _corpus()
+    return MaskCorpus(
+        images=[
+            ImageRecord(i, Path(f"/nonexistent/img_{i}.png"), 4, 4, f"img_{i}.png") for i in range(1, n + 1)
+        ],
+        annotations={i: one.annotations[1] for i in range(1, n + 1)},
+    )
+
+
+def test_finetune_epochs_scale_a_finetune_with_its_images(tmp_path, monkeypatch):
+    from sam_engine.engine.models import finetune_steps, train_version
+
+    calls: list = []
+    _fake_trainers(monkeypatch, calls)
+    cfg = load_config("smoke", {"data_dir": str(tmp_path), "train": {"batch_size": 4, "finetune_steps": 5}})
+    assert cfg.train.finetune_epochs is None and finetune_steps(cfg.train, 1000, 4) == 5  # off: fixed steps
+    ws = Workspace(cfg)
+    v0, _ = train_version(ws, "model_v0", _images_corpus(2), None)
+    assert calls[-1][3]["max_steps"] == cfg.train.max_steps  # from scratch: epochs do not apply
+
+    epochs = cfg.train.model_copy(update={"finetune_epochs": 3.0})
+    ws_epochs = Workspace(cfg.model_copy(update={"train": epochs}))
+    train_version(ws_epochs, "model_v1", _images_corpus(2), v0)  # 3 x 2 / 4 rounds up to 2: the floor holds
+    assert calls[-1][3]["max_steps"] == 5
+    train_version(ws_epochs, "model_v2", _images_corpus(30), v0)  # 3 x 30 / 4 = 22.5: 23 steps
+    assert calls[-1][3]["max_steps"] == 23
+    _, again = train_version(ws_epochs, "model_v2", _images_corpus(30), v0)
+    assert not again
+
+    # the same data without epochs is another recipe: trained again, with the fixed steps
+    _, trained = train_version(ws, "model_v2", _images_corpus(30), v0)
+    assert trained and calls[-1][3]["max_steps"] == 5
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        load_config("smoke", {"train": {"finetune_epochs": 0}})
+
+
 def test_models_url_publishes_and_loads_back(tmp_path, monkeypatch, mem):
     from sam_engine.engine.models import train_version
 

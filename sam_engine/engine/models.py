@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from . import registry
 from .workspace import Workspace
 
 if TYPE_CHECKING:
+    from ..config import TrainSection
     from ..output_choice import OutputChoice
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,14 @@ def _stored_with_key(ws: Workspace, name: str, key: str) -> ModelRef | None:
     return existing if existing.data.get("train_key") == key else None
 
 
+def finetune_steps(train: TrainSection, images: int, batch_size: int) -> int:
+    """Steps of a fine-tune on ``images`` images: ``train.finetune_steps``, or with ``train.finetune_epochs`` set
+    enough steps for that many passes over the images, never fewer."""
+    if train.finetune_epochs is None:
+        return train.finetune_steps
+    return max(train.finetune_steps, math.ceil(train.finetune_epochs * images / batch_size))
+
+
 def train_version(
     ws: Workspace,
     name: str,
@@ -74,7 +84,9 @@ def train_version(
     cfg = ws.cfg
     data_hash = corpus_hash(corpus)
     # what shapes the weights: the data, the start, the seed and the training settings (not where it runs)
-    recipe = cfg.train.model_dump(mode="json", exclude={"num_workers", "device"})
+    # (an unset finetune_epochs is left out, so versions trained before the field existed keep their keys)
+    unset = {"finetune_epochs"} if cfg.train.finetune_epochs is None else set()
+    recipe = cfg.train.model_dump(mode="json", exclude={"num_workers", "device", *unset})
     recipe_hash = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     key = hashlib.sha256(
         f"{data_hash}:{parent.sha256 if parent else cfg.model.name}:{cfg.seed}:{recipe_hash}".encode()
@@ -98,7 +110,7 @@ def train_version(
     settings = distributed.scale_settings(cfg)
     start = str(ws.checkpoint(parent)) if parent else cfg.model.name
     common = {
-        "max_steps": t.finetune_steps if finetune else t.max_steps,
+        "max_steps": finetune_steps(t, len(corpus.images), t.batch_size) if finetune else t.max_steps,
         "batch_size": t.batch_size,
         "lr": t.finetune_lr if finetune else t.lr,
         "seed": cfg.seed,
