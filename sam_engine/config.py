@@ -70,11 +70,11 @@ class TrainSection(_Section):
     finetune_minutes: float = 6.0
     # None: every fine-tune runs finetune_steps. A number: a fine-tune runs at least that many passes over its
     # images (steps = epochs x images / batch, never fewer than finetune_steps), so a version trained on more
-    # data trains longer. Off here: on run U's data (v1 at gold mIoU@1 0.750 after 100 steps, 16 passes over
-    # stage 1's 50 images), v2 at 16 passes over its 187 images (400 steps) reached 0.767, 0.768 and 0.767 at
-    # training seeds 0-2 (+0.017 to +0.018 over v1, beyond noise), but its 300 more steps cost this 2-core CPU
-    # about 7 minutes, past make run's 20. Most of that gain is the steps: 400 steps on stage 1's data alone
-    # gave v1 0.761.
+    # data trains longer; finetune_minutes still caps it (raise both together on a slow machine). Off here: on
+    # run U's data (v1 at gold mIoU@1 0.750 after 100 steps, 16 passes over stage 1's 50 images), v2 at 16
+    # passes over its 187 images (400 steps) reached 0.767, 0.768 and 0.767 at training seeds 0-2 (+0.017 to
+    # +0.018 over v1, beyond noise), but its 300 more steps cost this 2-core CPU about 7 minutes, past make
+    # run's 20. Most of that gain is the steps: 400 steps on stage 1's data alone gave v1 0.761.
     finetune_epochs: float | None = Field(None, gt=0)
     # v2 learns from the masks people made in stages 1-2, not from stage 2's accepted model proposals: on run
     # C's data (v1 at gold mIoU@1 0.697), v2 fine-tuned with the proposals reached 0.667 (from v1) and 0.660
