@@ -419,7 +419,7 @@ def test_finetune_epochs_scale_a_finetune_with_its_images(tmp_path, monkeypatch)
     calls: list = []
     _fake_trainers(monkeypatch, calls)
     cfg = load_config("smoke", {"data_dir": str(tmp_path), "train": {"batch_size": 4, "finetune_steps": 5}})
-    assert cfg.train.finetune_epochs is None and finetune_steps(cfg.train, 1000, 4) == 5  # off: fixed steps
+    assert cfg.train.finetune_epochs is None and finetune_steps(cfg.train, 1000) == 5  # off: fixed steps
     ws = Workspace(cfg)
     v0, _ = train_version(ws, "model_v0", _images_corpus(2), None)
     assert calls[-1][3]["max_steps"] == cfg.train.max_steps  # from scratch: epochs do not apply

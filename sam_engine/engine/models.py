@@ -50,12 +50,12 @@ def _stored_with_key(ws: Workspace, name: str, key: str) -> ModelRef | None:
     return existing if existing.data.get("train_key") == key else None
 
 
-def finetune_steps(train: TrainSection, images: int, batch_size: int) -> int:
+def finetune_steps(train: TrainSection, images: int) -> int:
     """Steps of a fine-tune on ``images`` images: ``train.finetune_steps``, or with ``train.finetune_epochs`` set
     enough steps for that many passes over the images, never fewer."""
     if train.finetune_epochs is None:
         return train.finetune_steps
-    return max(train.finetune_steps, math.ceil(train.finetune_epochs * images / batch_size))
+    return max(train.finetune_steps, math.ceil(train.finetune_epochs * images / train.batch_size))
 
 
 def train_version(
@@ -110,7 +110,7 @@ def train_version(
     settings = distributed.scale_settings(cfg)
     start = str(ws.checkpoint(parent)) if parent else cfg.model.name
     common = {
-        "max_steps": finetune_steps(t, len(corpus.images), t.batch_size) if finetune else t.max_steps,
+        "max_steps": finetune_steps(t, len(corpus.images)) if finetune else t.max_steps,
         "batch_size": t.batch_size,
         "lr": t.finetune_lr if finetune else t.lr,
         "seed": cfg.seed,
