@@ -78,7 +78,7 @@ class TrainSection(_Section):
     finetune_epochs: float | None = Field(None, gt=0)
     # v2 learns from the masks people made in stages 1-2, not from stage 2's accepted model proposals: on run
     # C's data (v1 at gold mIoU@1 0.697), v2 fine-tuned with the proposals reached 0.667 (from v1) and 0.660
-    # (from v0), without them 0.706.
+    # (from v0), without them 0.706; on run U's data (v1 at 0.750, seed 0) 0.746 with them, 0.759 without.
     v2_people_masks_only: bool = True
     # On: v2 also learns from v1's automatic masks at stage 2's auto-accept cut on the images stage 3 will take
     # (sam_engine/engine/pseudo_labels.py), a self-training pass of v1's generator over those images. Off by
@@ -90,6 +90,9 @@ class TrainSection(_Section):
     # left out too): on run H's data, v3 from v2 reached gold mIoU@1 0.752 and NoC@90 2.13 that way, 0.741 and
     # 2.21 with the proposals (450 objects; v2: 0.741, 2.17).
     v3_people_masks_only: bool = True
+    # On run U's data, v2 from v1 (gold mIoU@1 0.750) after 100 steps at training seeds 0-2: 0.759 / 0.733 /
+    # 0.746 at 3e-4, 0.759 / 0.752 / 0.747 at 1e-4, 0.750 / 0.755 (seeds 0-1) at 1e-3. No rate gains beyond
+    # noise at 100 steps; 400 steps at 3e-4 do (see finetune_epochs).
     finetune_lr: float = 3e-4
     # The interactive-training recipe (sam_engine/training/prompts.py): ungraded click rounds before the
     # graded ones, mask-only rounds, share of protocol-placed corrective clicks, share of zoomed-in crops.
