@@ -74,7 +74,10 @@ class TrainSection(_Section):
     # run U's data (v1 at gold mIoU@1 0.750 after 100 steps, 16 passes over stage 1's 50 images), v2 at 16
     # passes over its 187 images (400 steps) reached 0.767, 0.768 and 0.767 at training seeds 0-2 (+0.017 to
     # +0.018 over v1, beyond noise), but its 300 more steps cost this 2-core CPU about 7 minutes, past make
-    # run's 20. Most of that gain is the steps: 400 steps on stage 1's data alone gave v1 0.761.
+    # run's 20. Most of that gain is the steps: 400 steps on stage 1's data alone gave v1 0.761. From that v2
+    # (seed 0), stage 3 kept 0.820 of its masks at IoU > 0.9, and v3 trained 100 steps on them with the
+    # people's masks fell to 0.751 (beyond noise; 0.768 on the people's masks alone, 0.760 on its masks at
+    # stage 2's accept cut, 0.941 precise). The 874 steps this setting gives v3 were not measured.
     finetune_epochs: float | None = Field(None, gt=0)
     # v2 learns from the masks people made in stages 1-2, not from stage 2's accepted model proposals: on run
     # C's data (v1 at gold mIoU@1 0.697), v2 fine-tuned with the proposals reached 0.667 (from v1) and 0.660
