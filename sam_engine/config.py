@@ -75,7 +75,7 @@ class TrainSection(_Section):
     # passes over its 187 images (400 steps) reached 0.767, 0.768 and 0.767 at training seeds 0-2 (+0.017 to
     # +0.018 over v1, beyond noise), but its 300 more steps cost this 2-core CPU about 7 minutes, past make
     # run's 20. Most of that gain is the steps: 400 steps on stage 1's data alone gave v1 0.761. From that v2
-    # (seed 0), stage 3 kept 0.820 of its masks at IoU > 0.9, and v3 trained 100 steps on them with the
+    # (seed 0), 0.820 of stage 3's masks lay at IoU > 0.9, and v3 trained 100 steps on them with the
     # people's masks fell to 0.751 (beyond noise; 0.768 on the people's masks alone, 0.760 on its masks at
     # stage 2's accept cut, 0.941 precise). The 874 steps this setting gives v3 were not measured.
     finetune_epochs: float | None = Field(None, gt=0)
