@@ -5,7 +5,7 @@ import math
 import pandas as pd
 from dagster import MetadataValue
 
-from jobs.resources import EngineResource
+from assets.resources import EngineResource
 from sam_engine.engine.workspace import Workspace
 from sam_engine.model_store import ModelRef
 

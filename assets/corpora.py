@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, AssetOut, MetadataValue, Output, multi_asset
 
-from jobs.resources import EngineResource
+from assets.resources import EngineResource
 from sam_engine.data import corpora as corpora_lib
 from sam_engine.data.schemas import images_frame, masks_frame
 from sam_engine.storage import data_cache_dir

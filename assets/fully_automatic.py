@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from assets._common import workspace
-from jobs.resources import EngineResource
+from assets.resources import EngineResource
 from sam_engine.engine import checks
 from sam_engine.engine.fully_automatic import qa_shard, write_engine_shard
 from sam_engine.engine.splits import shard_images, shard_partitions, stage_split

@@ -4,8 +4,8 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, MetadataValue, Output, asset
 
 from assets._common import table_md, workspace
-from jobs.resources import EngineResource
-from sam_engine.engine import human_stage, pseudo_labels, semi_automatic
+from assets.resources import EngineResource
+from sam_engine.engine import human_stage, pseudo_labels, semi_automatic, training_data
 from sam_engine.engine.splits import stage_split
 from sam_engine.model_store import ModelRef
 from sam_engine.visualize import grid, markdown_image, overlay
@@ -14,7 +14,7 @@ GROUP1, GROUP2 = "stage1_assisted_manual", "stage2_semi_automatic"
 
 
 def _stage_summary(store, stage: int, gold_ids: set[int]) -> dict:
-    df = human_stage.stage_masks_frame(store, stage, gold_ids)
+    df = training_data.stage_masks_frame(store, stage, gold_ids)
     human = store.masks(stage=stage, status="accepted")
     human = human[(human["source"] == "human") & ~human["image_id"].isin(gold_ids)] if len(human) else human
     return {
@@ -28,7 +28,7 @@ def _stage_summary(store, stage: int, gold_ids: set[int]) -> dict:
 
 
 def _preview(ws, store, stage: int, n: int = 6) -> str:
-    df = human_stage.stage_masks_frame(store, stage, {im.image_id for im in ws.gold.images})
+    df = training_data.stage_masks_frame(store, stage, {im.image_id for im in ws.gold.images})
     if not len(df):
         return "_no masks yet_"
     from sam_engine.data import rle as rle_utils

@@ -16,9 +16,9 @@ from dagster import (
 )
 
 from assets._common import model_metadata, numeric, picture_metadata, workspace
-from jobs.resources import EngineResource
+from assets.resources import EngineResource
 from sam_engine.data.corpora import load_public
-from sam_engine.engine import human_stage, pseudo_labels, registry
+from sam_engine.engine import pseudo_labels, registry, training_data
 from sam_engine.engine.models import (
     carry_forward,
     evaluate_version,
@@ -75,7 +75,7 @@ def model_v0(context: AssetExecutionContext, engine: EngineResource) -> Output[M
 def model_v1(context: AssetExecutionContext, engine: EngineResource, model_v0: ModelRef) -> Output[ModelRef]:
     ws = workspace(engine)
     ref, trained = train_version(
-        ws, "model_v1", human_stage.store_masks_corpus(ws, [1]), model_v0, log_fn=context.log.info
+        ws, "model_v1", training_data.store_masks_corpus(ws, [1]), model_v0, log_fn=context.log.info
     )
     return Output(
         ref,
@@ -96,7 +96,7 @@ def model_v2(
 ) -> Output[ModelRef]:
     ws = workspace(engine)
     pseudo = pseudo_labels.pseudo_label_corpus(v1_pseudo_labels, ws)
-    corpus = human_stage.v2_corpus(ws, pseudo)
+    corpus = training_data.v2_corpus(ws, pseudo)
     ref, trained = train_version(ws, "model_v2", corpus, model_v1, log_fn=context.log.info)
     return Output(
         ref,
@@ -130,7 +130,7 @@ def model_v3(context: AssetExecutionContext, engine: EngineResource, model_v2: M
         ref, _ = carry_forward(ws, "model_v3", model_v2, reason, log_fn=context.log.info)
         trained = False
     else:
-        corpus = human_stage.v3_corpus(ws, shards)
+        corpus = training_data.v3_corpus(ws, shards)
         ref, trained = train_version(ws, "model_v3", corpus, model_v2, log_fn=context.log.info)
     return Output(
         ref,

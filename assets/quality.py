@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from assets._common import table_md, workspace
-from jobs.resources import EngineResource
+from assets.resources import EngineResource
 from sam_engine.engine import checks, quality, report
 
 GROUP = "quality"

@@ -75,7 +75,7 @@ def prepare_stage3(
     from dagster import DagsterInstance, asset, materialize
 
     from assets.fully_automatic import stage3_plan
-    from jobs.resources import EngineResource
+    from assets.resources import EngineResource
     from sam_engine.config import load_config
     from sam_engine.data.corpora import generate_corpora
     from sam_engine.engine.workspace import Workspace
@@ -126,8 +126,8 @@ def materialize_in_process(setup: Stage3Setup, partition: str):
     """One ``sa1b_shards`` partition with the default (in-process) execution, as ``make run`` does."""
     from dagster import AssetSelection, materialize
 
+    from assets.resources import EngineResource
     from jobs.definitions import defs
-    from jobs.resources import EngineResource
 
     return materialize(
         list(defs.assets or []) + list(defs.asset_checks or []),
@@ -140,7 +140,7 @@ def materialize_in_process(setup: Stage3Setup, partition: str):
 
 def _warm_worker() -> int:
     """Imports and one AMG call on a Dask worker, so a timing does not count them."""
-    from jobs.executors import stage3_shards_dask
+    from jobs.backfill import stage3_shards_dask
     from sam_engine.amg import AmgParams, AutomaticMaskGenerator
     from sam_engine.model import build_sam
 
@@ -154,7 +154,8 @@ def dask_throughput(setup: Stage3Setup, n_workers: int, max_concurrent: int = 2)
     """Images/s of a backfill over all of ``setup``'s partitions on a fresh LocalCluster of ``n_workers``."""
     from dask.distributed import Client, LocalCluster
 
-    from jobs.executors import backfill_stage3, stage3_dask_run_config
+    from jobs.backfill import backfill_stage3
+    from jobs.executors import stage3_dask_run_config
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True) as cluster:
         with Client(cluster) as client:

@@ -8,6 +8,7 @@ from dagster import (
 )
 
 from assets import corpora, fully_automatic, human_stages, models, quality
+from assets.resources import EngineResource
 from jobs.engine_jobs import (
     drift_job,
     engine_downstream_job,
@@ -17,7 +18,6 @@ from jobs.engine_jobs import (
     stage3_shards_job,
 )
 from jobs.executors import stage3_shards_dask_job
-from jobs.resources import EngineResource
 from jobs.sensors import drift_schedule, retrain_sensor
 
 ASSET_MODULES = [corpora, models, human_stages, fully_automatic, quality]

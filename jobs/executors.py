@@ -1,4 +1,5 @@
-"""Running stage 3 beyond one process: a Dask executor, run-config builders, and a shard backfill helper.
+"""Running stage 3 beyond one process: a Dask executor and run-config builders (the shard backfill helper is
+``jobs/backfill.py``).
 
 One stage-3 shard is one partition of ``sa1b_shards``, so one run writes one shard. A backfill over many shards
 is many runs: the run queue (``QueuedRunCoordinator``) decides how many run at once, and each run's step
@@ -29,26 +30,19 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from dagster import (
     AssetSelection,
-    DagsterInstance,
-    Definitions,
     Executor,
-    JobDefinition,
     define_asset_job,
-    execute_job,
     executor,
     multiple_process_executor_requirements,
-    reconstructable,
 )
 from dagster._core.errors import raise_execution_interrupts
 from dagster._core.events import DagsterEvent
-from dagster._core.execution.job_execution_result import JobExecutionResult
 from dagster._utils import iterate_with_context
 from dagster_dask import dask_executor as upstream_dask_executor
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
@@ -240,62 +234,6 @@ def stage3_dask_run_config(
         "execution": dask_cluster_config(address, n_workers=n_workers),
         "resources": engine_resource_config(profile, overrides),
     }
-
-
-def stage3_shards_dask() -> JobDefinition:
-    """The resolved ``stage3_shards_dask`` job; a module-level function, so ``reconstructable`` can point at it
-    from Dask worker processes."""
-    from jobs.definitions import defs
-
-    if any(getattr(j, "name", None) == STAGE3_DASK_JOB for j in defs.jobs or []):
-        return defs.resolve_job_def(STAGE3_DASK_JOB)
-    local = Definitions(
-        assets=list(defs.assets or []),
-        asset_checks=list(defs.asset_checks or []),
-        jobs=[stage3_shards_dask_job],
-        resources=dict(defs.resources or {}),
-    )
-    return local.resolve_job_def(STAGE3_DASK_JOB)
-
-
-def backfill_stage3(
-    instance: DagsterInstance,
-    partition_keys: Iterable[str],
-    run_config: Mapping[str, Any],
-    *,
-    max_concurrent: int = 2,
-    raise_on_error: bool = False,
-) -> dict[str, JobExecutionResult]:
-    """Run ``stage3_shards_dask`` once per partition, ``max_concurrent`` runs at a time, on ``instance``.
-
-    What the run queue does in a deployment (``dagster job backfill`` / the UI's backfill with a
-    ``QueuedRunCoordinator``), for scripts and tests without a daemon. The instance must be persistent
-    (Dask workers open it from its ref); with ``cluster.existing`` all runs share one Dask cluster.
-    """
-    if not instance.is_persistent:
-        raise ValueError("the Dask executor needs a persistent Dagster instance (set DAGSTER_HOME)")
-    keys = list(partition_keys)
-    known = set(instance.get_dynamic_partitions(shard_partitions_def.name))
-    missing = [k for k in keys if k not in known]
-    if missing:
-        raise ValueError(f"unknown sa1b_shards partitions {missing}; materialize stage3_plan first")
-    job = reconstructable(stage3_shards_dask)
-
-    def one(key: str) -> JobExecutionResult:
-        result = execute_job(
-            job,
-            instance=instance,
-            run_config=dict(run_config),
-            tags={PARTITION_TAG: key},
-            raise_on_error=False,
-        )
-        if raise_on_error and not result.success:
-            raise RuntimeError(f"stage-3 run for {key} failed (run {result.run_id})")
-        return result
-
-    with ThreadPoolExecutor(max_workers=max(1, max_concurrent)) as pool:
-        results = list(pool.map(one, keys))
-    return dict(zip(keys, results, strict=True))
 
 
 def k8s_run_tags(

@@ -19,6 +19,7 @@ import uuid
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
+from assets.resources import EngineResource
 from jobs.definitions import defs
 from jobs.engine_jobs import (
     PHASE_TAG,
@@ -26,7 +27,6 @@ from jobs.engine_jobs import (
     engine_upstream_job,
     stage3_shards_job,
 )
-from jobs.resources import EngineResource
 from jobs.run_story import RunStory, log_file_name
 from sam_engine.training.progress import duration
 from sam_engine.training.quiet import quiet_lightning

@@ -2,8 +2,8 @@
 
 from dagster import RunRequest, ScheduleDefinition, SensorEvaluationContext, SkipReason, sensor
 
+from assets.resources import EngineResource
 from jobs.engine_jobs import drift_job, retrain_stage1_job, retrain_stage2_job
-from jobs.resources import EngineResource
 from sam_engine.engine.retrain import retrain_decisions, verified_mask_counts
 from sam_engine.engine.workspace import Workspace
 

@@ -4,6 +4,11 @@
 automatic mask generator, and write ``sa_<index:06d>.tar`` atomically, then record it in ``manifest.json``
 (shard -> image ids, mask counts, sha256, model fingerprint, seed, AMG settings), also atomically and under a
 file lock so partitions can run side by side. The same images, model and seed give a byte-identical tar.
+
+``write_shard_to`` writes to any location (:mod:`sam_engine.storage`): on a remote one the shard is written to a
+local staging folder exactly as locally (byte-identical tar), then uploaded with its manifest entry as
+``manifest.d/<shard>.json``. Each partition writes only its own entry, so runs on different machines never
+contend for one manifest file; ``read_manifest`` merges the entries.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ import hashlib
 import io
 import json
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sam_engine import storage
 from sam_engine.amg import AmgParams, AutomaticMaskGenerator
 from sam_engine.data import sa1b
 from sam_engine.data.corpus import ImageRecord
@@ -32,6 +40,7 @@ from sam_engine.privacy import BlurStep
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sam-engine/sa1b-shards/1"
+MANIFEST_ENTRIES = "manifest.d"  # a remote folder's per-shard manifest entries (write_shard_to)
 ANN_IDS_PER_IMAGE = 100_000  # annotation id = image_id * ANN_IDS_PER_IMAGE + k
 
 
@@ -178,8 +187,8 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def read_manifest(out_dir: str | Path) -> dict:
-    """The shard manifest of ``out_dir`` (an empty one when none exists yet)."""
+def _read_local_manifest(out_dir: str | Path) -> dict:
+    """The shard manifest of the local folder ``out_dir`` (an empty one when none exists yet)."""
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return {"format": MANIFEST_FORMAT, "shards": {}}
@@ -242,7 +251,7 @@ def write_shard(
         "image_format": image_format,
     }
     with _locked(out_dir):
-        manifest = read_manifest(out_dir)
+        manifest = _read_local_manifest(out_dir)
         manifest["shards"][info.path.name] = entry
         manifest["shards"] = dict(sorted(manifest["shards"].items()))
         atomic_write_json(out_dir / MANIFEST, manifest, indent=1)
@@ -252,14 +261,14 @@ def write_shard(
 def shard_paths(out_dir: str | Path) -> list[Path]:
     """The shards the manifest lists that exist on disk, by index."""
     out_dir = Path(out_dir)
-    shards = read_manifest(out_dir)["shards"]
+    shards = _read_local_manifest(out_dir)["shards"]
     return [out_dir / name for name in sorted(shards) if (out_dir / name).exists()]
 
 
 def verify_shard(out_dir: str | Path, name: str) -> bool:
     """True when shard ``name`` exists and its sha256 matches the manifest."""
     out_dir = Path(out_dir)
-    entry = read_manifest(out_dir)["shards"].get(name)
+    entry = _read_local_manifest(out_dir)["shards"].get(name)
     path = out_dir / name
     if entry is None or not path.exists():
         return False
@@ -268,3 +277,80 @@ def verify_shard(out_dir: str | Path, name: str) -> bool:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest() == entry["sha256"]
+
+
+# ------------------------------------------------------------------------------- any location (fsspec)
+def publish_shard(staging_dir: storage.Location, shard_file: str, dest: storage.Location) -> dict[str, Any]:
+    """Upload ``staging_dir/shard_file`` and its manifest entry to ``dest``; returns the entry.
+
+    The upload is verified: the remote sha256 must equal the manifest's.
+    """
+    staging = storage.local_path(staging_dir)
+    entry = _read_local_manifest(staging)["shards"].get(shard_file)
+    if entry is None:
+        raise FileNotFoundError(f"{staging}: manifest has no entry for {shard_file}")
+    target = storage.join(dest, shard_file)
+    storage.upload(staging / shard_file, target)
+    got = storage.sha256(target)
+    if got != entry["sha256"]:
+        raise OSError(f"{target}: uploaded sha256 {got} differs from the manifest's {entry['sha256']}")
+    storage.write_json(storage.join(dest, MANIFEST_ENTRIES, f"{shard_file}.json"), entry)
+    return entry
+
+
+def read_manifest(location: storage.Location) -> dict[str, Any]:
+    """The shard manifest of a local or remote shard folder.
+
+    Remote folders: ``manifest.json`` (if any) merged with the per-shard ``manifest.d/*.json`` entries.
+    """
+
+    if storage.is_local(location):
+        manifest = _read_local_manifest(storage.local_path(location))
+    else:
+        p = storage.upath(location)
+        manifest = {"format": MANIFEST_FORMAT, "shards": {}}
+        if (p / MANIFEST).exists():
+            manifest = json.loads((p / MANIFEST).read_bytes())
+    entries = storage.upath(location) / MANIFEST_ENTRIES
+    if entries.exists():
+        for item in sorted(entries.iterdir(), key=lambda x: x.name):
+            if item.name.endswith(".json"):
+                try:
+                    manifest["shards"][item.name[: -len(".json")]] = json.loads(item.read_bytes())
+                except json.JSONDecodeError as e:
+                    raise DataError(str(item), item.name, "json", f"invalid manifest entry: {e}") from e
+    manifest["shards"] = dict(sorted(manifest["shards"].items()))
+    return manifest
+
+
+def write_shard_to(
+    dest: storage.Location,
+    shard_index: int,
+    image_records: Sequence[Any],
+    model: object,
+    amg_params: Any = None,
+    *,
+    seed: int = 0,
+    staging_dir: storage.Location | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``write_shard`` to any location: local writes in place; a remote ``dest`` gets the tar written in a
+    local staging folder, then published with its manifest entry (see the module doc).
+
+    Image records whose ``path`` is a URL are fetched through the cache first. Returns the manifest entry
+    plus ``path`` (where the tar now is).
+    """
+    records = []
+    for r in image_records:
+        if isinstance(r, ImageRecord) and not storage.is_local(r.path):
+            r = replace(r, path=storage.cached_local(r.path))
+        records.append(r)
+    name = shard_name(shard_index)
+    if storage.is_local(dest):
+        out = storage.local_path(dest)
+        write_shard(shard_index, records, model, amg_params, out, seed=seed, **kwargs)
+        return {**_read_local_manifest(out)["shards"][name], "path": str(out / name)}
+    with tempfile.TemporaryDirectory(dir=staging_dir, prefix="shard-staging-") as tmp:
+        write_shard(shard_index, records, model, amg_params, tmp, seed=seed, **kwargs)
+        entry = publish_shard(tmp, name, dest)
+    return {**entry, "path": storage.join(dest, name)}

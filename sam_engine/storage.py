@@ -1,4 +1,4 @@
-"""Where images, shards and checkpoints live: a local folder by default, any fsspec URL otherwise.
+"""Where images, shards and checkpoints live, as bytes: a local folder by default, any fsspec URL otherwise.
 
 A *location* is a local path (``data/shards``) or a URL (``s3://bucket/shards``, ``gs://...``,
 ``memory://...`` in tests); the protocol's fsspec package (s3fs, gcsfs, ...) must be installed, nothing else
@@ -11,10 +11,8 @@ changes. Local locations keep the library's local behaviour (atomic rename, file
   the URL, not the cached copy.
 - Writes are atomic: a local file is renamed into place; an object store PUT is atomic by itself; other
   filesystems get a temporary name and a move.
-- Stage-3 shards on a remote location: the shard is written to a local staging folder exactly as locally
-  (byte-identical tar), then uploaded with its manifest entry as ``manifest.d/<shard>.json``. Each partition
-  writes only its own entry, so runs on different machines never contend for one manifest file;
-  ``read_manifest`` merges the entries.
+- Stage-3 shards use these calls to reach a remote location (``sam_engine.stage3.write_shard_to``); this
+  module knows nothing of shards.
 """
 
 from __future__ import annotations
@@ -22,21 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from upath import UPath
 
+from .data import images
+from .data.errors import DataError
 from .io import atomic_write_bytes
 
 Location = str | os.PathLike
 # Protocols whose single PUT is atomic (an object appears whole or not at all).
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"})
-MANIFEST_ENTRIES = "manifest.d"
 CACHE_ENV = "SAM_ENGINE_CACHE_DIR"
 
 
@@ -65,6 +64,16 @@ def join(location: Location, *parts: str) -> str:
     for part in parts:
         p = p / part
     return str(p) if not is_local(p) else str(local_path(p))
+
+
+def safe_join_url(root: str, file_name: str) -> str:
+    """``sam_engine.data.images.safe_join`` for a remote folder (an fsspec URL): the same refusals; returns the
+    file's URL."""
+    images.check_file_name(root, file_name)
+    norm = posixpath.normpath(file_name)
+    if norm in (".", "..") or norm.startswith("../"):
+        raise DataError(root, file_name, "file_name", "file name escapes the dataset folder")
+    return join(root, *norm.split("/"))
 
 
 def exists(location: Location) -> bool:
@@ -197,19 +206,17 @@ def cached_local(location: Location, cache_dir: Location | None = None) -> Path:
 
 def _image_call(fn, location: Location, max_pixels: int | None, cache_dir: Location | None):
     """``fn(local file, max_pixels)`` on a local or cached image; a remote image's ``DataError`` names its URL."""
-    from .data.errors import DataError
-    from .data.images import DEFAULT_MAX_PIXELS
-
+    limit = max_pixels or images.DEFAULT_MAX_PIXELS
     if isinstance(location, Path):  # a local path (remote UPaths are not pathlib Paths): no URL parsing
-        return fn(location, max_pixels or DEFAULT_MAX_PIXELS)
+        return fn(location, limit)
     if is_local(location):
-        return fn(local_path(location), max_pixels or DEFAULT_MAX_PIXELS)
+        return fn(local_path(location), limit)
     try:
         local = cached_local(location, cache_dir)
     except FileNotFoundError as e:
         raise DataError(str(location), upath(location).name, "file_name", "image file not found") from e
     try:
-        return fn(local, max_pixels or DEFAULT_MAX_PIXELS)
+        return fn(local, limit)
     except DataError as e:
         message = e.message.replace(str(local), str(location))
         raise DataError(str(location), e.record, e.field, message) from e
@@ -217,18 +224,14 @@ def _image_call(fn, location: Location, max_pixels: int | None, cache_dir: Locat
 
 def load_image(location: Location, max_pixels: int | None = None, cache_dir: Location | None = None):
     """HxWx3 uint8 RGB pixels of a local or remote image (``sam_engine.data.images.load_image`` rules)."""
-    from .data.images import load_image as _load
-
-    return _image_call(_load, location, max_pixels, cache_dir)
+    return _image_call(images.load_image, location, max_pixels, cache_dir)
 
 
 def image_size(
     location: Location, max_pixels: int | None = None, cache_dir: Location | None = None
 ) -> tuple[int, int]:
     """(width, height) of a local or remote image (``sam_engine.data.images.image_size`` rules)."""
-    from .data.images import image_size as _size
-
-    return _image_call(_size, location, max_pixels, cache_dir)
+    return _image_call(images.image_size, location, max_pixels, cache_dir)
 
 
 def load_model(location: Location, cache_dir: Location | None = None):
@@ -236,92 +239,3 @@ def load_model(location: Location, cache_dir: Location | None = None):
     from .model.checkpoint import load_model as _load
 
     return _load(cached_local(location, cache_dir))
-
-
-# ---------------------------------------------------------------------------------------------- shards
-def publish_shard(staging_dir: Location, shard_file: str, dest: Location) -> dict[str, Any]:
-    """Upload ``staging_dir/shard_file`` and its manifest entry to ``dest``; returns the entry.
-
-    The upload is verified: the remote sha256 must equal the manifest's.
-    """
-    from .stage3 import read_manifest as read_local_manifest
-
-    staging = local_path(staging_dir)
-    entry = read_local_manifest(staging)["shards"].get(shard_file)
-    if entry is None:
-        raise FileNotFoundError(f"{staging}: manifest has no entry for {shard_file}")
-    target = join(dest, shard_file)
-    upload(staging / shard_file, target)
-    got = sha256(target)
-    if got != entry["sha256"]:
-        raise OSError(f"{target}: uploaded sha256 {got} differs from the manifest's {entry['sha256']}")
-    write_json(join(dest, MANIFEST_ENTRIES, f"{shard_file}.json"), entry)
-    return entry
-
-
-def read_manifest(location: Location) -> dict[str, Any]:
-    """The shard manifest of a local or remote shard folder.
-
-    Remote folders: ``manifest.json`` (if any) merged with the per-shard ``manifest.d/*.json`` entries.
-    """
-    from .stage3 import MANIFEST, MANIFEST_FORMAT
-    from .stage3 import read_manifest as read_local_manifest
-
-    if is_local(location):
-        manifest = read_local_manifest(local_path(location))
-    else:
-        p = upath(location)
-        manifest = {"format": MANIFEST_FORMAT, "shards": {}}
-        if (p / MANIFEST).exists():
-            manifest = json.loads((p / MANIFEST).read_bytes())
-    entries = upath(location) / MANIFEST_ENTRIES
-    if entries.exists():
-        for item in sorted(entries.iterdir(), key=lambda x: x.name):
-            if item.name.endswith(".json"):
-                try:
-                    manifest["shards"][item.name[: -len(".json")]] = json.loads(item.read_bytes())
-                except json.JSONDecodeError as e:
-                    from .data.errors import DataError
-
-                    raise DataError(str(item), item.name, "json", f"invalid manifest entry: {e}") from e
-    manifest["shards"] = dict(sorted(manifest["shards"].items()))
-    return manifest
-
-
-def write_shard_to(
-    dest: Location,
-    shard_index: int,
-    image_records: Sequence[Any],
-    model: object,
-    amg_params: Any = None,
-    *,
-    seed: int = 0,
-    staging_dir: Location | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """``sam_engine.stage3.write_shard`` to any location: local writes in place; a remote ``dest`` gets the
-    tar written in a local staging folder, then published with its manifest entry (see the module doc).
-
-    Image records whose ``path`` is a URL are fetched through the cache first. Returns the manifest entry
-    plus ``path`` (where the tar now is).
-    """
-    from dataclasses import replace
-
-    from .data.corpus import ImageRecord
-    from .stage3 import read_manifest as read_local_manifest
-    from .stage3 import shard_name, write_shard
-
-    records = []
-    for r in image_records:
-        if isinstance(r, ImageRecord) and not is_local(r.path):
-            r = replace(r, path=cached_local(r.path))
-        records.append(r)
-    name = shard_name(shard_index)
-    if is_local(dest):
-        out = local_path(dest)
-        write_shard(shard_index, records, model, amg_params, out, seed=seed, **kwargs)
-        return {**read_local_manifest(out)["shards"][name], "path": str(out / name)}
-    with tempfile.TemporaryDirectory(dir=staging_dir, prefix="shard-staging-") as tmp:
-        write_shard(shard_index, records, model, amg_params, tmp, seed=seed, **kwargs)
-        entry = publish_shard(tmp, name, dest)
-    return {**entry, "path": join(dest, name)}

@@ -30,7 +30,7 @@ def test_dagster_definitions_validate(tmp_path):
 
 def test_corpora_assets_materialize(tmp_path):
     from assets.corpora import corpora
-    from jobs.resources import EngineResource
+    from assets.resources import EngineResource
 
     engine = EngineResource(profile="smoke", overrides=json.dumps({"data_dir": str(tmp_path)}))
     result = materialize([corpora], resources={"engine": engine})

@@ -299,7 +299,7 @@ def run_load(root: Path) -> LoadRun:
     from dagster import DagsterInstance, materialize
 
     from assets.quality import annotator_stats
-    from jobs.resources import EngineResource
+    from assets.resources import EngineResource
     from sam_engine.quality.store import QualityStore
 
     world = build_world(root)

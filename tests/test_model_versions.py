@@ -79,7 +79,7 @@ def test_v3_learns_from_the_shards_and_the_stage_1_2_masks(smoke_cfg, smoke_data
     from store_masks import box, people_and_proposal
 
     from sam_engine.data.corpus import MaskCorpus
-    from sam_engine.engine.human_stage import v3_corpus
+    from sam_engine.engine.training_data import v3_corpus
     from sam_engine.engine.workspace import Workspace
 
     cfg = smoke_cfg.model_copy(update={"data_dir": smoke_data_dir}, deep=True)
@@ -105,7 +105,7 @@ def test_the_gold_evaluation_fits_the_output_choice_on_peoples_masks_and_the_pre
     ws, v2 = ws_with_v2
     ws.cfg.eval.output_choice_objects = 80
     assert models.evaluate_version(ws, v2, with_amg=False)["output_choice"] is None
-    assert not isinstance(ws.predictor(v2), ChoicePredictor)
+    assert not isinstance(models.version_predictor(ws, v2), ChoicePredictor)
     images, n = [], 0
     for rec in ws.pool.images:
         images.append(rec)
@@ -124,6 +124,6 @@ def test_the_gold_evaluation_fits_the_output_choice_on_peoples_masks_and_the_pre
     ws.cfg.eval.output_choice_objects = 70  # another setting: evaluated again, now with the masks
     ev = models.evaluate_version(ws, v2, with_amg=False)
     assert ev["output_choice"]["objects"] >= 50
-    assert isinstance(ws.predictor(v2), ChoicePredictor)
+    assert isinstance(models.version_predictor(ws, v2), ChoicePredictor)
     assert models.stored_output_choice(ws, v2).as_dict() == ev["output_choice"]
-    assert not isinstance(ws.predictor(v2, output_choice=False), ChoicePredictor)
+    assert not isinstance(ws.predictor(v2), ChoicePredictor)

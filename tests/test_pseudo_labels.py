@@ -92,7 +92,7 @@ def test_v2_learns_from_the_people_masks_and_v1s_pseudo_labels(ws_and_v1):
     from store_masks import box, people_and_proposal
 
     from sam_engine.data.corpus import MaskCorpus
-    from sam_engine.engine.human_stage import v2_corpus
+    from sam_engine.engine.training_data import v2_corpus
 
     ws, _ = ws_and_v1
     a, b, c = ws.pool.images[:3]

@@ -15,16 +15,15 @@ import torch
 import yaml
 from dagster import validate_run_config
 
+from jobs.backfill import backfill_stage3, stage3_shards_dask
 from jobs.executors import (
     SCHEDULER_ENV,
     STAGE3_DASK_JOB,
     Sealed,
-    backfill_stage3,
     dask_cluster_config,
     default_dask_execution,
     k8s_run_tags,
     stage3_dask_run_config,
-    stage3_shards_dask,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -36,7 +36,7 @@ def test_retrain_decisions_request_once_per_crossing():
 
 
 def test_retrain_sensor_requests_exactly_once(tmp_path, monkeypatch):
-    from jobs.resources import EngineResource
+    from assets.resources import EngineResource
     from jobs.sensors import retrain_sensor
     from sam_engine.config import load_config
     from sam_engine.data.corpora import generate_corpora

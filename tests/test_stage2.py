@@ -166,7 +166,7 @@ def test_region_deficit():
 def test_stage_masks_people_only_leaves_out_model_proposals(tmp_path):
     """v2's training masks (``people_only``): the stage's accepted masks without the model's proposals; gold
     images are left out either way."""
-    from sam_engine.engine.human_stage import stage_masks_frame
+    from sam_engine.engine.training_data import stage_masks_frame
     from sam_engine.quality.store import QualityStore
 
     with QualityStore(tmp_path / "q.duckdb") as store:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_engine import storage
+from sam_engine import stage3, storage
 from sam_engine.data.corpus import ImageRecord
 from sam_engine.data.errors import DataError
 
@@ -126,8 +126,8 @@ def test_shard_to_url_is_byte_identical_and_listed(tmp_path, mem):
     model = build_sam("tiny", seed=0).eval()
     params = AmgParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
-    local = storage.write_shard_to(tmp_path / "shards", 3, records, model, params, seed=5, blur=False)
-    remote = storage.write_shard_to(
+    local = stage3.write_shard_to(tmp_path / "shards", 3, records, model, params, seed=5, blur=False)
+    remote = stage3.write_shard_to(
         f"{mem}/shards", 3, remote_records, model, params, seed=5, blur=False, staging_dir=tmp_path
     )
     assert remote["path"] == f"{mem}/shards/sa_000003.tar"
@@ -135,15 +135,15 @@ def test_shard_to_url_is_byte_identical_and_listed(tmp_path, mem):
     assert remote["sha256"] == local["sha256"] == storage.sha256(remote["path"])
     assert remote["image_ids"] == [11, 12]
 
-    manifest = storage.read_manifest(f"{mem}/shards")
+    manifest = stage3.read_manifest(f"{mem}/shards")
     assert list(manifest["shards"]) == ["sa_000003.tar"]
     assert manifest["shards"]["sa_000003.tar"]["sha256"] == local["sha256"]
-    assert storage.read_manifest(tmp_path / "shards")["shards"]["sa_000003.tar"]["sha256"] == local["sha256"]
+    assert stage3.read_manifest(tmp_path / "shards")["shards"]["sa_000003.tar"]["sha256"] == local["sha256"]
     assert not list(tmp_path.glob("shard-staging-*"))  # the staging folder is gone
 
     storage.write_bytes(f"{mem}/shards/manifest.d/sa_000004.tar.json", b"{not json")
     with pytest.raises(DataError, match="sa_000004"):
-        storage.read_manifest(f"{mem}/shards")
+        stage3.read_manifest(f"{mem}/shards")
 
 
 def test_dagster_fs_io_manager_accepts_a_url(mem):

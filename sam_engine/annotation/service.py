@@ -16,8 +16,9 @@ import pandas as pd
 
 from sam_engine.data import rle as rle_utils
 from sam_engine.data.errors import DataError
-from sam_engine.data.images import DEFAULT_MAX_PIXELS, load_image, safe_join, safe_join_url
+from sam_engine.data.images import DEFAULT_MAX_PIXELS, load_image, safe_join
 from sam_engine.quality.store import QualityStore
+from sam_engine.storage import safe_join_url
 
 from . import export, history
 from .auth import Principal

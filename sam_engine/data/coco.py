@@ -22,7 +22,7 @@ from ..io import atomic_write_json
 from . import rle as rle_utils
 from .corpus import ImageRecord, MaskCorpus
 from .errors import DataError, Quarantine
-from .images import DEFAULT_MAX_PIXELS, open_regular, safe_join, safe_join_url
+from .images import DEFAULT_MAX_PIXELS, open_regular, safe_join
 
 CATEGORIES = [{"id": 1, "name": "object", "supercategory": "object"}]
 
@@ -78,7 +78,9 @@ def _check_image(
     remote = isinstance(images_dir, str)  # a URL (local folders are Paths here)
     try:
         path = (
-            safe_join_url(images_dir, rec["file_name"]) if remote else safe_join(images_dir, rec["file_name"])
+            storage.safe_join_url(images_dir, rec["file_name"])
+            if remote
+            else safe_join(images_dir, rec["file_name"])
         )
     except DataError as e:
         raise DataError(file, where, "file_name", e.message) from e

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import storage
 from .corpus import ImageRecord, MaskCorpus
 from .errors import DataError, Quarantine
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_size, load_image
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 
 
 def stable_image_id(relative_path: str) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 import warnings
 from pathlib import Path
@@ -146,7 +145,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise DataError(path, path.name, "image", f"corrupt or truncated image: {e}") from e
 
 
-def _check_file_name(root: object, file_name: object) -> None:
+def check_file_name(root: object, file_name: object) -> None:
+    """Refuse an empty, NUL-bearing or absolute file name (a ``DataError`` naming ``root`` and the name)."""
     if not isinstance(file_name, str) or not file_name or "\x00" in file_name:
         raise DataError(root, file_name, "file_name", "empty or invalid file name")
     if os.path.isabs(file_name) or file_name.startswith(("/", "\\")):
@@ -156,22 +156,11 @@ def _check_file_name(root: object, file_name: object) -> None:
 def safe_join(root: str | Path, file_name: str) -> Path:
     """Join ``file_name`` under ``root``, refusing absolute paths and anything that escapes ``root``."""
     root = Path(root).resolve()
-    _check_file_name(root, file_name)
+    check_file_name(root, file_name)
     candidate = (root / file_name).resolve()
     if candidate != root and root not in candidate.parents:
         raise DataError(root, file_name, "file_name", "file name escapes the dataset folder")
     return candidate
-
-
-def safe_join_url(root: str, file_name: str) -> str:
-    """:func:`safe_join` for a remote folder (an fsspec URL): the same refusals; returns the file's URL."""
-    from .. import storage
-
-    _check_file_name(root, file_name)
-    norm = posixpath.normpath(file_name)
-    if norm in (".", "..") or norm.startswith("../"):
-        raise DataError(root, file_name, "file_name", "file name escapes the dataset folder")
-    return storage.join(root, *norm.split("/"))
 
 
 def save_png(array: np.ndarray, path: str | Path) -> None:

@@ -488,7 +488,9 @@ def public_scene(seed: int, index: int, size_range: tuple[int, int]) -> Scene:
     bg_a, bg_b = _pick(rng, PUBLIC_PALETTE, 30), _pick(rng, PUBLIC_PALETTE, 30)
     t = _smooth_noise(rng, h, w, 3)[:, :, None] * 0.5 + 0.5
     bg_tex = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))], rng, h, w) * rng.uniform(0.0, 0.25)
-    background = (bg_a * (1 - t) + bg_b * t) * (1.0 + bg_tex[:, :, None] + _shading(rng, h, w, 0.15)[:, :, None])
+    background = (bg_a * (1 - t) + bg_b * t) * (
+        1.0 + bg_tex[:, :, None] + _shading(rng, h, w, 0.15)[:, :, None]
+    )
     roots = []
     side = min(h, w)
     for _ in range(int(rng.integers(1, 7))):

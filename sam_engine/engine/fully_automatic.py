@@ -60,11 +60,11 @@ def write_engine_shard(
             "masks_per_image": r.num_masks / max(1, len(r.image_ids)),
             "model_sha256": model.sha256,
         }
-    from .. import storage
+    from ..stage3 import write_shard_to
 
     staging = ws.cfg.data_dir / "shard_staging"
     staging.mkdir(parents=True, exist_ok=True)
-    e = storage.write_shard_to(
+    e = write_shard_to(
         ws.cfg.shards_url,
         index,
         images,

@@ -16,6 +16,7 @@ from ..data import rle
 from ..evaluation.clicks import first_click
 from ..model_store import ModelRef
 from ..visualize import grid, overlay, png_bytes
+from .models import version_predictor
 from .workspace import Workspace
 
 CURVE_KEYS = ("train/loss", "train/iou_1", "val/miou_1")
@@ -28,7 +29,7 @@ def pictures_dir(ws: Workspace) -> Path:
 def gold_overlays(ws: Workspace, ref: ModelRef, images: int = 4, objects: int = 5) -> np.ndarray:
     """The model's one-click masks on the first ``images`` gold images (their ``objects`` largest objects,
     clicked where the click protocol clicks first; green dots are the clicks)."""
-    predictor = ws.predictor(ref)
+    predictor = version_predictor(ws, ref)
     tiles = []
     for rec in ws.gold.images[:images]:
         image = ws.load(rec.image_id)

@@ -367,7 +367,7 @@ def _evaluate_on_gold(ws: Workspace, ref: ModelRef, with_amg: bool) -> dict[str,
 
     cfg = ws.cfg
     protocol = ClickProtocol(max_clicks=cfg.eval.max_clicks)
-    predictor = ws.predictor(ref, output_choice=False)
+    predictor = ws.predictor(ref)
     choice = fit_people_choice(ws, predictor)
     if choice is not None:
         from ..output_choice import ChoicePredictor
@@ -397,13 +397,19 @@ def fit_people_choice(ws: Workspace, predictor: Any) -> OutputChoice | None:
     people made in stages 1-2 (``eval.output_choice_objects`` of them, seeded); None without a store, with
     too few such masks, or with the setting at 0."""
     from ..output_choice import fit_output_choice
-    from .human_stage import store_masks_corpus
+    from .training_data import store_masks_corpus
 
     n = ws.cfg.eval.output_choice_objects
     if n <= 0 or not ws.cfg.duckdb_path.exists():
         return None
     corpus = store_masks_corpus(ws, [1, 2], people_only=True)
     return fit_output_choice(predictor, corpus, n, seed=ws.cfg.seed + 23) if corpus.images else None
+
+
+def version_predictor(ws: Workspace, ref: ModelRef):
+    """The interactive predictor the engine serves for ``ref`` (:meth:`Workspace.predictor`), its first clicks
+    scored by the output choice ``ref``'s gold evaluation fitted, where it has one."""
+    return ws.predictor(ref, stored_output_choice(ws, ref))
 
 
 def stored_output_choice(ws: Workspace, ref: ModelRef) -> OutputChoice | None:

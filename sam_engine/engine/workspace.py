@@ -25,6 +25,8 @@ from ..tracking import TrackingSettings
 if TYPE_CHECKING:
     import torch
 
+    from ..output_choice import OutputChoice
+
 WRITER_IDLE_RELEASE_S = 0.5  # a Dagster step's store closes the file after this many idle seconds
 WRITER_MAX_HOLD_S = 2.0  # ... and gives it up after this long when another process asks (as the server does)
 CHECKPOINT_URL = "checkpoint_url"  # key in ModelRef.data: where models_url holds the version's checkpoint
@@ -127,9 +129,9 @@ class Workspace:
 
     def shard_manifest(self) -> dict[str, Any]:
         """The shard manifest (``manifest.json`` merged with per-shard ``manifest.d/`` entries remotely)."""
-        from .. import storage
+        from ..stage3 import read_manifest
 
-        return storage.read_manifest(self.shards_location)
+        return read_manifest(self.shards_location)
 
     def shard_paths(self) -> list[Path]:
         """Local files of the shards the manifest lists, by index (remote shards via the cache)."""
@@ -197,20 +199,15 @@ class Workspace:
         model.eval()
         return model
 
-    def predictor(self, ref: ModelRef | str | Path, output_choice: bool = True):
-        """The interactive predictor of ``ref`` (zoomed in when ``model.zoom_in``); with ``output_choice``, a
-        first click's outputs scored by the choice ``ref``'s gold evaluation fitted, where it has one
-        (:mod:`sam_engine.output_choice`)."""
+    def predictor(self, ref: ModelRef | str | Path, choice: OutputChoice | None = None):
+        """The interactive predictor of ``ref`` (zoomed in when ``model.zoom_in``); with ``choice``, a first
+        click's outputs scored by it (:mod:`sam_engine.output_choice`). The predictor the engine's stages use,
+        with the choice ``ref``'s gold evaluation fitted, is :func:`sam_engine.engine.models.version_predictor`."""
+        from ..output_choice import ChoicePredictor
         from ..zoom import interactive_predictor
 
         m = self.cfg.model
         predictor = interactive_predictor(
             self.load_model(ref), zoom=m.zoom_in, expansion=m.zoom_expansion, snap=m.snap
         )
-        if not output_choice or not isinstance(ref, ModelRef):
-            return predictor
-        from ..output_choice import ChoicePredictor
-        from .models import stored_output_choice
-
-        choice = stored_output_choice(self, ref)
         return predictor if choice is None else ChoicePredictor(predictor, choice)
