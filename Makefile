@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(SAM_ENGINE_DATA_DIR)/dagster_home
 export MLFLOW_TRACKING_URI := sqlite:///$(SAM_ENGINE_DATA_DIR)/mlflow.db
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv venv-test run pretrain ui test bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
+.PHONY: venv venv-test run pretrain ui test test-fast bench refenv annotate backup lint mlflow-ui dagster-home chromium clean
 
 # `venv`: what the engine needs (make run, ui, annotate); `venv-test` adds the test, benchmark and lint tools.
 # Byte-compiling is done by compileall on every core instead of pip's one-by-one pass (same .pyc files).
@@ -73,6 +73,10 @@ backup: venv
 
 test: venv-test chromium
 	$(PY) -m pytest -q
+
+# The developer's loop: the suite without the tests marked slow, browser or load (no chromium needed).
+test-fast: venv-test
+	$(PY) -m pytest -q -m "not slow and not browser and not load"
 
 bench: venv-test
 	$(PY) -m benchmarks.run_all

@@ -117,6 +117,7 @@ def test_empty_objects_are_skipped():
     assert [r["object_id"] for r in result.rows] == ["disc"]
 
 
+@pytest.mark.slow
 def test_cli_on_smoke_gold_with_a_real_model(smoke_cfg, smoke_corpora, tmp_path, monkeypatch, capsys):
     from sam_engine.model import build_sam
     from sam_engine.model.checkpoint import save_checkpoint

@@ -142,6 +142,7 @@ def _mlflow_state(uri: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_round_trip_into_new_folder_keeps_duckdb_rows_and_mlflow_runs(full_data, tmp_path: Path) -> None:
     data_dir, info = full_data
     out = bk.backup(data_dir, tmp_path / "backups")
@@ -342,6 +343,7 @@ def test_killed_writer_commit_is_in_the_backup(small_data: Path, tmp_path: Path)
         assert len(store.masks(status=None)) == 3
 
 
+@pytest.mark.slow
 def test_live_writer_in_another_process_makes_backup_fail_busy(small_data: Path, tmp_path: Path) -> None:
     proc = _writer(small_data / "quality.duckdb", "hold")
     try:
@@ -417,6 +419,7 @@ def test_empty_database_file_migrates_to_current_schema(tmp_path: Path) -> None:
         assert len(store.images()) == 0
 
 
+@pytest.mark.slow
 def test_cli_entry_point(small_data: Path, tmp_path: Path) -> None:
     env = dict(os.environ, SAM_ENGINE_DATA_DIR=str(small_data), PYTHONPATH=str(REPO))
     create = subprocess.run(

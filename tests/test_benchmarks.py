@@ -10,6 +10,7 @@ import pytest
 from benchmarks.run_all import format_table, modules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", modules())
 def test_benchmark_rows_are_well_formed(name):
     rows = importlib.import_module(f"benchmarks.{name}").run(quick=True)

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import materialize
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_dagster_definitions_validate(tmp_path):
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path), SAM_ENGINE_DATA_DIR=str(tmp_path / "data"))
     dagster = Path(sys.executable).with_name("dagster")
@@ -28,6 +30,7 @@ def test_dagster_definitions_validate(tmp_path):
     assert "success" in (proc.stdout + proc.stderr).lower()
 
 
+@pytest.mark.slow
 def test_corpora_assets_materialize(tmp_path):
     from assets.corpora import corpora
     from assets.resources import EngineResource

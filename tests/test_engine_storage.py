@@ -56,6 +56,7 @@ def _model_ref(tmp_path: Path, name: str = "model_v2", seed: int = 0) -> ModelRe
 
 
 # --------------------------------------------------------------------------------------------- shards
+@pytest.mark.slow
 def test_engine_shard_to_url_matches_local_and_reads_back(smoke_cfg, smoke_corpora, tmp_path, mem):
     from sam_engine.data.sa1b import read_shards
     from sam_engine.engine import report

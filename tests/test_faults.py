@@ -64,6 +64,7 @@ def _run(overrides, fault: str | None):
     )
 
 
+@pytest.mark.slow
 def test_sigkill_during_stage2_masks_then_rerun(stage2_world):
     ws, overrides = stage2_world
     killed = _run(overrides, "stage2_task:2")

@@ -57,6 +57,7 @@ def _browser_test(fn):  # noqa: ANN001, ANN202
     return fn
 
 
+@pytest.mark.slow
 @_browser_test
 def test_a_new_annotator_is_assigned_tasks_and_saves_a_mask(data_dir: Path, capsys) -> None:  # noqa: ANN001
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -99,12 +99,17 @@ def test_the_graph_sees_function_local_imports(tmp_path):
     assert layer_violations(graph) == [("sam_engine.b", "jobs.run")]
 
 
-def test_no_import_cycle():
-    cycle = find_cycle(import_graph())
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph()
+
+
+def test_no_import_cycle(graph):
+    cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 @pytest.mark.parametrize("lower", ["sam_engine", "assets"])
-def test_layers_import_downward_only(lower):
-    bad = [(s, d) for s, d in layer_violations(import_graph()) if s.split(".")[0] == lower]
+def test_layers_import_downward_only(graph, lower):
+    bad = [(s, d) for s, d in layer_violations(graph) if s.split(".")[0] == lower]
     assert not bad, f"{lower} imports a layer above it: {bad}"

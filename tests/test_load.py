@@ -47,6 +47,8 @@ from annotation_fixtures import free_port, serve_command, wait_http
 
 from sam_engine.data import rle as rle_utils
 
+pytestmark = pytest.mark.load
+
 if TYPE_CHECKING:
     from dagster import ExecuteInProcessResult
     from websockets.sync.client import ClientConnection

@@ -17,6 +17,7 @@ def ws_with_v2(smoke_cfg, smoke_data_dir, tmp_path):
     return ws, ws.model_store.put("model_v2", ckpt, data={"images": 3, "masks": 7, "data_sha256": "abc"})
 
 
+@pytest.mark.slow
 def test_carry_forward_registers_the_same_weights_once(ws_with_v2):
     from sam_engine.engine.models import carry_forward
 
@@ -40,6 +41,7 @@ def test_carry_forward_registers_the_same_weights_once(ws_with_v2):
     assert len(client.search_model_versions(f"name='{ws.tracking.registered_model}'")) == 1
 
 
+@pytest.mark.slow
 def test_evaluation_is_reused_for_the_same_weights_only(ws_with_v2, monkeypatch, tmp_path):
     from sam_engine.engine import models
     from sam_engine.model import build_sam
@@ -95,6 +97,7 @@ def test_v3_learns_from_the_shards_and_the_stage_1_2_masks(smoke_cfg, smoke_data
     assert len(corpus.masks_for(b.image_id)) == (1 if people_only else 2)
 
 
+@pytest.mark.slow
 def test_the_gold_evaluation_fits_the_output_choice_on_peoples_masks_and_the_predictor_uses_it(ws_with_v2):
     """No store: the IoU head chooses. With people's stage-1 masks: a choice fitted on them before the gold
     protocol, kept with the evaluation, and the version's interactive predictor answers with it."""

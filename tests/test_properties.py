@@ -228,6 +228,7 @@ def _write(root: Path, doc: object) -> Path:
     max_examples=50,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow
 @given(data=st.data())
 def test_load_coco_keeps_every_valid_record_amid_random_junk(coco_base, data) -> None:
     root, base = coco_base

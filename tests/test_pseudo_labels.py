@@ -34,6 +34,7 @@ def _store_calibration(ws, ref, cuts: dict[str, float]) -> None:
     path.write_text(json.dumps({"calibration": {t: cal(c) for t, c in cuts.items()}}))
 
 
+@pytest.mark.slow
 def test_pseudo_labels_keep_v1s_stage_2_accept_cut_and_are_rewritten_byte_for_byte(ws_and_v1):
     from sam_engine.engine.pseudo_labels import pseudo_label_corpus, pseudo_label_dir, write_pseudo_labels
     from sam_engine.engine.splits import stage_split
@@ -86,6 +87,7 @@ def test_a_damaged_pseudo_label_shard_is_refused_with_its_file(ws_and_v1):
         pseudo_label_corpus(info, ws)
 
 
+@pytest.mark.slow
 def test_v2_learns_from_the_people_masks_and_v1s_pseudo_labels(ws_and_v1):
     """v2's corpus: the stage-1/2 masks people made (stage 2's accepted proposals left out by default) with the
     pseudo-labels on other images."""

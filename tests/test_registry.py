@@ -18,6 +18,7 @@ def ws(smoke_cfg, tmp_path):
     return Workspace(cfg)
 
 
+@pytest.mark.slow
 def test_the_experiment_is_a_model_training_experiment(tmp_path):
     s = tracking.TrackingSettings(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "art", experiment="e")
     exp_id = tracking.ensure_experiment(s)
@@ -33,6 +34,7 @@ def test_the_experiment_is_a_model_training_experiment(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_versions_carry_engine_aliases_descriptions_and_a_champion(ws, tmp_path):
     from sam_engine.engine import registry
 
@@ -71,6 +73,7 @@ def test_versions_carry_engine_aliases_descriptions_and_a_champion(ws, tmp_path)
     assert str(mv.version) == refs["v2"].registered_version
 
 
+@pytest.mark.slow
 def test_naming_a_version_mlflow_does_not_have_is_logged_not_raised(ws, tmp_path, caplog):
     from sam_engine.engine import registry
 

@@ -84,6 +84,7 @@ def test_recipe_differences_name_every_changed_path():
     assert recipe_differences(a, a) == []
 
 
+@pytest.mark.slow
 def test_the_engine_starts_v0_from_a_matching_release_once(release_dir, smoke_cfg, monkeypatch, tmp_path):
     import sam_engine.release as release_mod
     from sam_engine.engine.models import released_version

@@ -139,6 +139,7 @@ def test_champion_follows_the_reports_own_gates_when_the_registry_lags():
     assert champion_by_gates(failed, None) == "model_v2"
 
 
+@pytest.mark.slow
 def test_v2s_pseudo_labels_are_reported_as_training_data(ws):
     """The report says what v2 learnt from beside the people's masks, in the text and the JSON, and says
     plainly when there was none."""

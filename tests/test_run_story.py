@@ -6,6 +6,7 @@ import io
 import re
 import uuid
 
+import pytest
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -31,6 +32,7 @@ def broken_asset():
     raise ValueError("the stage broke\nsecond line of the error")
 
 
+@pytest.mark.slow
 def test_a_line_per_step_and_the_full_log_in_the_file(tmp_path):
     job = define_asset_job("story_job")
     defs = Definitions(assets=[masks_asset, broken_asset], jobs=[job])

@@ -147,6 +147,7 @@ def _worker_torch_threads() -> int:
     return torch_threads()
 
 
+@pytest.mark.slow
 def test_dask_workers_split_the_host_cores_between_them(monkeypatch):
     """Two single-thread workers on one host each take half the cores for torch (a step per worker at once
     must not oversubscribe them)."""

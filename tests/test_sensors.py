@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 
 from sam_engine.engine.quality import drift
@@ -35,6 +36,7 @@ def test_retrain_decisions_request_once_per_crossing():
     assert due == [1, 2] and json.loads(cursor) == {"1": 10, "2": 6}
 
 
+@pytest.mark.slow
 def test_retrain_sensor_requests_exactly_once(tmp_path, monkeypatch):
     from assets.resources import EngineResource
     from jobs.sensors import retrain_sensor

@@ -535,6 +535,7 @@ def test_exports_decode_with_pycocotools(client: TestClient, world: World, tmp_p
 
 
 # --------------------------------------------------------------------------------------- durability
+@pytest.mark.slow
 def test_acknowledged_masks_survive_server_sigkill(tmp_path: Path) -> None:
     from websockets.sync.client import connect
 
@@ -639,6 +640,7 @@ def test_default_lanes_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> None
         assert cli.default_lanes(threads) == lanes
 
 
+@pytest.mark.slow
 def test_cli_serves_the_real_model(tmp_path: Path) -> None:
     pytest.importorskip("sam_engine.predictor")
     import httpx

@@ -251,6 +251,7 @@ class _BarrierPredictor(FakePredictor):
         return super().predict(*args, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_lanes_answer_concurrent_calls_at_once(scenes: dict, lanes: int) -> None:
     """With two lanes two sessions' clicks are inside the predictor together; one lane serialises them."""

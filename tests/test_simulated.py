@@ -412,6 +412,7 @@ def test_review_policy_rejects_bad_fix_settings():
         ReviewPolicy(fix_target_iou=0.0)
 
 
+@pytest.mark.slow
 def test_workflow_end_to_end(tmp_path):
     """Queue with overlap and honeypots -> simulated annotators -> gold -> consensus -> review -> stats."""
     from sam_engine.annotation.consensus import ConsensusConfig, run_consensus

@@ -83,6 +83,7 @@ def test_shard_contents_and_byte_identical_rerun(tmp_path: Path, model):
             assert ann["id"] // stage3.ANN_IDS_PER_IMAGE == doc["image"]["image_id"]
 
 
+@pytest.mark.slow
 def test_killed_write_leaves_no_shard_and_manifest_untouched(tmp_path: Path, model):
     recs = _images(tmp_path / "pool", [1, 2, 3, 4])
     out = tmp_path / "shards"

@@ -320,6 +320,7 @@ def test_acknowledged_commit_survives_a_killed_process(tmp_path: Path) -> None:
     s.close()
 
 
+@pytest.mark.slow
 def test_reader_process_takes_turns_with_idle_releasing_writer(tmp_path: Path) -> None:
     db = tmp_path / "q.duckdb"
     writer = QualityStore(db, idle_release_s=0.1)
@@ -353,6 +354,7 @@ def test_reader_process_takes_turns_with_idle_releasing_writer(tmp_path: Path) -
     writer.close()
 
 
+@pytest.mark.slow
 def test_reader_gives_up_clearly_when_writer_never_releases(tmp_path: Path) -> None:
     db = tmp_path / "q.duckdb"
     writer = QualityStore(db)  # idle_release_s=None: holds the file
@@ -406,6 +408,7 @@ _READ_PASS = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_hold_s", [0.5, None])
 def test_busy_writer_gives_a_reader_process_a_turn_only_with_max_hold(
     tmp_path: Path, max_hold_s: float | None
@@ -436,6 +439,7 @@ def test_busy_writer_gives_a_reader_process_a_turn_only_with_max_hold(
     writer.close()
 
 
+@pytest.mark.slow
 def test_max_hold_writer_keeps_the_file_when_nobody_asks(tmp_path: Path) -> None:
     writer = QualityStore(tmp_path / "q.duckdb", max_hold_s=0.1)
     writer.add_images([{"image_id": 1, "file_name": "a.png", "width": 16, "height": 12}])

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 from pycocotools.coco import COCO
 
 from sam_engine.config import load_config
@@ -27,6 +28,7 @@ def _tree_digest(root) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files_whatever_the_workers(tmp_path):
     overrides = {"corpus": {"public_images": 70, "pool_images": 70, "gold_images": 4}}
     a = load_config("smoke", {**overrides, "data_dir": str(tmp_path / "a")})

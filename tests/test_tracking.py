@@ -19,6 +19,7 @@ def settings(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_run_params_metrics_artifacts_and_registry(settings, tmp_path):
     run_id = tracking.start_run(settings, "v0", tags={"stage": "pretrain"})
     tracking.log_params(settings, run_id, {"lr": 1e-3, "model": {"name": "tiny", "dims": [1, 2]}})
@@ -62,6 +63,7 @@ def test_run_params_metrics_artifacts_and_registry(settings, tmp_path):
     assert list((tmp_path / "artifacts").rglob("model.pt"))
 
 
+@pytest.mark.slow
 def test_lightning_logger_writes_to_the_run(settings):
     run_id = tracking.start_run(settings, "curves")
     logger = tracking.lightning_logger(settings, run_id)
@@ -82,6 +84,7 @@ def test_overlay_tints_mask_and_draws_clicks():
     assert out[35, 35, 0] > 150 and out[35, 35, 1] < 100  # red negative click
 
 
+@pytest.mark.slow
 def test_plot_curves_writes_png(tmp_path):
     path = tracking.plot_curves(
         {"a": [(0, 1.0), (1, 0.5)], "b": [(0, 0.1)], "empty": []}, tmp_path / "c.png", "t"

@@ -337,6 +337,7 @@ def test_lr_schedule_warmup_and_step_decay():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [MICRO, MICRO_HYBRID], ids=["vit", "hybrid_8x"])
 def test_interactive_loss_trains_on_a_fixed_batch(corpus_a, config):
     from sam_engine.training.datamodule import MaskDataModule
@@ -435,6 +436,7 @@ def _evaluate(checkpoint, corpus):
     return summary
 
 
+@pytest.mark.slow
 def test_train_then_finetune_on_domain_b_improves_and_is_tracked(tmp_path, corpus_a, corpus_b):
     from sam_engine.model.checkpoint import read_checkpoint
     from sam_engine.tracking import TrackingSettings
@@ -491,6 +493,7 @@ train_model(corpus, config, out, max_steps=100000, max_minutes=10, checkpoint_ev
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_a):
     import os
     import pickle
