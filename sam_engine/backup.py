@@ -24,7 +24,6 @@ locations from the old folder to the new one. CLI: ``python -m sam_engine.backup
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from typing import Any
 
 import duckdb
 
-from .io import atomic_write_json
+from .io import atomic_write_json, sha256_file
 from .quality.store import LOCK_RETRY_CAP_S, QualityStore, StoreBusyError, request_turn, withdraw_turn_request
 
 FORMAT = "sam-engine-backup"
@@ -104,14 +103,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -227,7 +218,7 @@ def _manifest_files(root: Path) -> dict[str, dict[str, Any]]:
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             rel = p.relative_to(root).as_posix()
-            out[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            out[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     return out
 
 
@@ -413,7 +404,7 @@ def _verify_folder(root: Path, result: VerifyResult) -> None:
             continue
         if p.stat().st_size != entry.get("bytes"):
             result.problems.append(f"{rel}: size {p.stat().st_size} != {entry.get('bytes')} in the manifest")
-        elif _sha256(p) != entry.get("sha256"):
+        elif sha256_file(p) != entry.get("sha256"):
             result.problems.append(f"{rel}: sha256 differs from the manifest (corrupted or tampered)")
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
     for rel in sorted(present - set(files)):

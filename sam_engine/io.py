@@ -1,12 +1,13 @@
-"""Atomic file writes shared by every writer in the library."""
+"""Atomic file writes shared by every writer in the library, and the one file digest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -32,3 +33,17 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_stream(f: BinaryIO, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of what is left to read in a binary file object, read in chunks."""
+    digest = hashlib.sha256()
+    while chunk := f.read(chunk_size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a local file (:func:`sam_engine.storage.sha256` for any location)."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)

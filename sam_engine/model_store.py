@@ -6,7 +6,6 @@ metrics, MLflow run id and registered version). Writes are atomic: a version app
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,15 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from .io import atomic_write_json, sha256_file
 
 
 @dataclass
@@ -61,7 +52,7 @@ class ModelStore:
         staging.mkdir(parents=True)
         shutil.copyfile(checkpoint, staging / "model.pt")
         ref = ModelRef(
-            name=name, checkpoint=str(final / "model.pt"), sha256=file_sha256(staging / "model.pt"), **meta
+            name=name, checkpoint=str(final / "model.pt"), sha256=sha256_file(staging / "model.pt"), **meta
         )
         atomic_write_json(staging / "meta.json", ref.to_dict(), indent=2)
         if final.exists():

@@ -68,11 +68,6 @@ def sample_shard(path: str | Path, n: int, seed: int) -> list[QaItem]:
     return sample_documents(read_shard_records(path), path.name, n, seed)
 
 
-def sample_shards(paths: Iterable[str | Path], n_per_shard: int, seed: int) -> list[QaItem]:
-    """``n_per_shard`` masks from every shard."""
-    return [item for p in paths for item in sample_shard(p, n_per_shard, seed)]
-
-
 def wilson_interval(good: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a proportion ``good / n`` (``(0, 1)`` when ``n == 0``)."""
     if n < 0 or not 0 <= good <= n:
@@ -136,8 +131,10 @@ class VerdictCollector:
         return {s: self.estimate(z, s) for s in sorted({v.shard for v in self.verdicts.values()})}
 
 
-class SimulatedReviewer:
-    """Judges a mask good when its IoU with the best-matching ground-truth mask is at least ``threshold``.
+class SimulatedQaJudge:
+    """The QA check's stand-in for a person: judges a sampled shard mask good when its IoU with the
+    best-matching ground-truth mask is at least ``threshold`` (the stages' reviewers, who fix masks, are
+    :class:`sam_engine.annotation.simulated.SimulatedReviewer`).
 
     ``ground_truth`` maps image id to a list of COCO RLEs (or annotations with a ``segmentation``).
     """

@@ -98,7 +98,7 @@ def recipe_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 def read_release(cfg: EngineConfig, directory: str | Path | None = None) -> Release:
     """The verified release for ``cfg`` (in ``directory``, default ``released/``); a :class:`ReleaseError`
     says why there is none that fits."""
-    from .model.checkpoint import sha256
+    from .io import sha256_file as sha256
 
     directory = Path(directory if directory is not None else RELEASE_DIR)
     meta_path, ckpt = directory / f"{NAME}.json", directory / f"{NAME}.pt"
@@ -155,7 +155,8 @@ def code_version() -> str:
 
 def write_release(model: torch.nn.Module, meta: dict[str, Any], directory: str | Path = RELEASE_DIR) -> Path:
     """Store ``model`` as float16 in the checkpoint format and its description (with the file's sha256)."""
-    from .model.checkpoint import save_checkpoint, sha256
+    from .io import sha256_file as sha256
+    from .model.checkpoint import save_checkpoint
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

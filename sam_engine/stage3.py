@@ -35,7 +35,7 @@ from sam_engine.data import sa1b
 from sam_engine.data.corpus import ImageRecord
 from sam_engine.data.errors import DataError
 from sam_engine.data.images import load_image
-from sam_engine.io import atomic_write_json
+from sam_engine.io import atomic_write_json, sha256_file
 from sam_engine.privacy import BlurStep
 
 MANIFEST = "manifest.json"
@@ -272,11 +272,7 @@ def verify_shard(out_dir: str | Path, name: str) -> bool:
     path = out_dir / name
     if entry is None or not path.exists():
         return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == entry["sha256"]
+    return sha256_file(path) == entry["sha256"]
 
 
 # ------------------------------------------------------------------------------- any location (fsspec)

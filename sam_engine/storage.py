@@ -7,8 +7,8 @@ changes. Local locations keep the library's local behaviour (atomic rename, file
 - Reads of remote files go through a local cache (``cached_local``), because PIL, ``torch.load`` and
   tarfile want seekable local files; a cached copy is reused while the remote file's fsspec checksum
   (size / ETag / mtime) is unchanged. The engine's cache is ``data_cache_dir(data_dir)``.
-- Images (``load_image``, ``image_size``) follow ``sam_engine.data.images``' rules; their ``DataError`` names
-  the URL, not the cached copy.
+- Images (``load_image_at``, ``image_size_at``) are ``sam_engine.data.images``' loaders at any location;
+  their ``DataError`` names the URL, not the cached copy.
 - Writes are atomic: a local file is renamed into place; an object store PUT is atomic by itself; other
   filesystems get a temporary name and a move.
 - Stage-3 shards use these calls to reach a remote location (``sam_engine.stage3.write_shard_to``); this
@@ -31,7 +31,7 @@ from upath import UPath
 
 from .data import images
 from .data.errors import DataError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, sha256_stream
 
 Location = str | os.PathLike
 # Protocols whose single PUT is atomic (an object appears whole or not at all).
@@ -150,11 +150,8 @@ def upload(local: Location, location: Location) -> str:
 
 def sha256(location: Location, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
     with upath(location).open("rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(f, chunk_size)
 
 
 def default_cache_dir() -> Path:
@@ -222,12 +219,12 @@ def _image_call(fn, location: Location, max_pixels: int | None, cache_dir: Locat
         raise DataError(str(location), e.record, e.field, message) from e
 
 
-def load_image(location: Location, max_pixels: int | None = None, cache_dir: Location | None = None):
+def load_image_at(location: Location, max_pixels: int | None = None, cache_dir: Location | None = None):
     """HxWx3 uint8 RGB pixels of a local or remote image (``sam_engine.data.images.load_image`` rules)."""
     return _image_call(images.load_image, location, max_pixels, cache_dir)
 
 
-def image_size(
+def image_size_at(
     location: Location, max_pixels: int | None = None, cache_dir: Location | None = None
 ) -> tuple[int, int]:
     """(width, height) of a local or remote image (``sam_engine.data.images.image_size`` rules)."""

@@ -59,13 +59,6 @@ class TrackingSettings:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
-@dataclass
-class TrackedRun:
-    run_id: str
-    model_version: str | None = None
-    artifact_uri: str | None = None
-
-
 def ensure_experiment(settings: TrackingSettings, client: MlflowClient | None = None) -> str:
     """The experiment's id, created with its artifacts under ``settings.artifact_dir`` when missing; either
     way tagged as a model-training experiment (:data:`EXPERIMENT_KIND_TAG`), not a GenAI one."""
@@ -363,18 +356,3 @@ def lightning_logger(settings: TrackingSettings, run_id: str) -> Any:
         run_id=run_id,
         artifact_location=(Path(settings.artifact_dir).resolve() / settings.experiment).as_uri(),
     )
-
-
-def find_run_by_tag(settings: TrackingSettings, key: str, value: str) -> str | None:
-    """The newest unfinished-or-finished run of the experiment with tag ``key`` = ``value`` (for resuming)."""
-    client = settings.client()
-    exp = client.get_experiment_by_name(settings.experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`{key}` = '{value}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None

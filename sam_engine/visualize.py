@@ -86,7 +86,7 @@ def corpus_preview(
     cache of ``sam_engine.storage``)."""
     tiles = []
     for im in corpus.images[:n]:
-        arr = storage.load_image(im.path, cache_dir=cache_dir)
+        arr = storage.load_image_at(im.path, cache_dir=cache_dir)
         anns = corpus.masks_for(im.image_id)
         masks = [rle_utils.decode(a["segmentation"]) for a in anns]
         tiles.append(overlay(arr, masks) if masks else arr)

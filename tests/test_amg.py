@@ -26,7 +26,6 @@ from sam_engine.amg.grid import build_layer_grids, build_point_grid
 from sam_engine.amg.nms import batched_nms, box_iou, nms
 from sam_engine.amg.postprocess import remove_small_regions
 from sam_engine.data import rle as rle_utils
-from sam_engine.data.sa1b import rle_string_counts
 
 
 # ------------------------------------------------------------------------------------------------ grid
@@ -191,7 +190,7 @@ def test_rle_agrees_with_pycocotools(seed: int, n: int, h: int, w: int):
         decoded = mask_utils.decode({"size": r["size"], "counts": r["counts"].encode("ascii")})
         np.testing.assert_array_equal(decoded.astype(bool), masks[i])
     for r, u in zip(ours, masks_to_uncompressed_rle(t), strict=True):
-        assert u["counts"] == rle_string_counts(r["counts"])
+        assert u["counts"] == rle_utils.counts_runs(r["counts"])
         assert sum(u["counts"]) == h * w
 
 

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 import torch
 
+from sam_engine.io import sha256_file as sha256
 from sam_engine.model import MODEL_CONFIGS, build_sam
 from sam_engine.model.checkpoint import (
     FORMAT_TAG,
@@ -17,7 +18,6 @@ from sam_engine.model.checkpoint import (
     match_official_config,
     read_checkpoint,
     save_checkpoint,
-    sha256,
 )
 
 SMALL = dataclasses.replace(

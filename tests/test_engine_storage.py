@@ -21,7 +21,8 @@ from sam_engine import storage
 from sam_engine.config import load_config
 from sam_engine.data.corpus import ImageRecord, MaskCorpus
 from sam_engine.engine.workspace import CHECKPOINT_URL, Workspace
-from sam_engine.model_store import ModelRef, file_sha256
+from sam_engine.io import sha256_file
+from sam_engine.model_store import ModelRef
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def _model_ref(tmp_path: Path, name: str = "model_v2", seed: int = 0) -> ModelRe
     from sam_engine.model.checkpoint import save_checkpoint
 
     path = save_checkpoint(build_sam("tiny", seed=seed), tmp_path / f"{name}.pt")
-    return ModelRef(name=name, checkpoint=str(path), sha256=file_sha256(path))
+    return ModelRef(name=name, checkpoint=str(path), sha256=sha256_file(path))
 
 
 # --------------------------------------------------------------------------------------------- shards
@@ -458,7 +459,7 @@ def test_models_url_publishes_and_loads_back(tmp_path, monkeypatch, mem):
     other = Workspace(load_config("smoke", {"data_dir": str(tmp_path / "b"), "models_url": f"{mem}/models"}))
     moved = ModelRef(**{**ref.to_dict(), "checkpoint": str(tmp_path / "elsewhere" / "model.pt")})
     local = other.checkpoint(moved)
-    assert local.is_relative_to(other.cache_dir) and file_sha256(local) == ref.sha256
+    assert local.is_relative_to(other.cache_dir) and sha256_file(local) == ref.sha256
     want = ws.load_model(ref).state_dict()
     got = other.load_model(moved).state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)

@@ -219,6 +219,19 @@ def test_iou_with_ignore_and_noc():
     assert noc([0.1] * 19 + [0.95], 0.9, max_clicks=20) == (20, True)
 
 
+def test_one_mask_iou_whose_caller_names_the_empty_rule():
+    """The protocol's iou and the simulated workforce share rle.mask_iou; two empty masks give what the caller
+    says (the protocol: 1.0), an empty mask against an object 0.0 whatever the rule."""
+    empty = np.zeros((10, 10), dtype=bool)
+    obj = rect((10, 10), 2, 6, 2, 6)
+    assert iou(empty, empty) == 1.0
+    assert rle.mask_iou(empty, empty, empty=0.0) == 0.0 and rle.mask_iou(empty, empty, empty=1.0) == 1.0
+    assert rle.mask_iou(empty, obj, empty=1.0) == 0.0
+    assert rle.mask_iou(obj, obj, empty=0.0) == 1.0
+    with pytest.raises(TypeError):
+        rle.mask_iou(obj, obj)  # no default: every caller chooses
+
+
 def test_component_predictor_two_part_object():
     # object = two separate rectangles of the same label; one click gets the big part, the second the small
     img = np.zeros((30, 30, 3), dtype=np.uint8)

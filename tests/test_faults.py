@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WORK = """
 import json, sys
+from tests.fault_hooks import kill_after_finished_tasks
+if int(sys.argv[2]):
+    kill_after_finished_tasks(int(sys.argv[2]))
 from sam_engine.config import load_config
 from sam_engine.engine.workspace import Workspace
 from sam_engine.engine.human_stage import simulate_stage
@@ -49,13 +52,11 @@ def stage2_world(tmp_path):
     return ws, overrides
 
 
-def _run(overrides, fault: str | None):
+def _run(overrides, kill_after_tasks: int = 0):
+    """The stage's simulated work in a child process, SIGKILLed after that many finished tasks (0: never)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("SAM_ENGINE_FAULT", None)
-    if fault:
-        env["SAM_ENGINE_FAULT"] = fault
     return subprocess.run(
-        [sys.executable, "-c", WORK, json.dumps(overrides)],
+        [sys.executable, "-c", WORK, json.dumps(overrides), str(kill_after_tasks)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -67,7 +68,7 @@ def _run(overrides, fault: str | None):
 @pytest.mark.slow
 def test_sigkill_during_stage2_masks_then_rerun(stage2_world):
     ws, overrides = stage2_world
-    killed = _run(overrides, "stage2_task:2")
+    killed = _run(overrides, kill_after_tasks=2)
     assert killed.returncode == -9, killed.stderr[-2000:]
     with ws.open_store(read_only=True) as store:
         tasks = store.tasks(stage=2)
@@ -77,7 +78,7 @@ def test_sigkill_during_stage2_masks_then_rerun(stage2_world):
     assert set(masks["task_id"]) <= done, "no half-written task: masks exist only for finished tasks"
     before = masks.sort_values("mask_id")[["mask_id", "task_id", "segmentation"]].reset_index(drop=True)
 
-    again = _run(overrides, None)
+    again = _run(overrides)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["tasks_worked"] == len(tasks) - 2
     with ws.open_store(read_only=True) as store:

@@ -35,11 +35,9 @@ from sam_engine.annotation.session import PromptError, SegmentationService
 from sam_engine.data import images as images_mod
 from sam_engine.data import rle as rle_utils
 from sam_engine.data import sa1b
-from sam_engine.data.coco import decode_counts, load_coco
+from sam_engine.data.coco import load_coco
 from sam_engine.data.errors import DataError, Quarantine
 from sam_engine.data.images import image_size, load_image
-from sam_engine.quality.store import rle_counts as store_rle_counts
-from sam_engine.quality.store import validate_rle
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 20, 30  # the COCO / SA-1B test images
@@ -237,11 +235,8 @@ def test_the_crafted_counts_fool_an_exact_reader_but_not_pycocotools() -> None:
     with pytest.raises(rle_utils.RleError) as err:
         rle_utils.check_rle({"size": [H, W], "counts": s}, H, W)
     assert err.value.field == "segmentation.counts" and "7 characters" in err.value.message
-    for read in (decode_counts, sa1b.rle_string_counts, store_rle_counts):
-        with pytest.raises(ValueError):
-            read(s)
     with pytest.raises(ValueError):
-        validate_rle({"size": [H, W], "counts": s}, H, W)
+        rle_utils.counts_runs(s)  # the one counts reader of the COCO, SA-1B and store entry points
 
 
 def test_crafted_counts_are_quarantined_by_coco_ingestion(tmp_path: Path) -> None:
@@ -421,15 +416,14 @@ PROPERTY = settings(
 def test_the_validator_accepts_only_counts_pycocotools_decodes_as_it_does(case: tuple[int, int, str]) -> None:
     h, w, s = case
     try:
-        validate_rle({"size": [h, w], "counts": s}, h, w)  # the store's name of the one check
-        runs = store_rle_counts(s)
+        runs = rle_utils.check_rle({"size": [h, w], "counts": s}, h, w)  # the one check of every entry point
     except ValueError:
         return  # refused: nothing reaches pycocotools
     rle = {"size": [h, w], "counts": s.encode()}
     theirs = mask_utils.decode(rle).astype(bool)  # raises "Invalid RLE" when pycocotools reads other runs
     assert np.array_equal(theirs, _expand(runs, h, w))
     assert int(mask_utils.area(rle)) == sum(runs[1::2])
-    assert rle_utils.check_rle(rle, h, w) == runs == decode_counts(s) == sa1b.rle_string_counts(s)
+    assert rle_utils.check_rle(rle, h, w) == runs == rle_utils.counts_runs(s)
 
 
 @PROPERTY

@@ -23,9 +23,8 @@ from sam_engine.annotation import protocol
 from sam_engine.annotation.protocol import ProtocolError, parse_message
 from sam_engine.data import rle as rle_utils
 from sam_engine.data import sa1b
-from sam_engine.data.coco import decode_counts, load_coco
+from sam_engine.data.coco import load_coco
 from sam_engine.data.errors import DataError, Quarantine
-from sam_engine.quality.store import rle_counts as store_rle_counts
 
 SETTINGS = settings(
     max_examples=60,
@@ -123,9 +122,7 @@ def test_rle_batch_round_trip(arr: np.ndarray) -> None:
 def test_python_decoders_match_the_runs_pycocotools_encoded(mask: np.ndarray) -> None:
     counts = rle_utils.encode(mask)["counts"]
     expected = runs_of(mask)
-    assert decode_counts(counts) == expected
-    assert sa1b.rle_string_counts(counts) == expected
-    assert store_rle_counts(counts) == expected
+    assert rle_utils.counts_runs(counts) == expected
     assert counts_string(expected) == counts  # our test encoder writes pycocotools' exact bytes
 
 
@@ -134,29 +131,21 @@ def test_python_decoders_match_the_runs_pycocotools_encoded(mask: np.ndarray) ->
 def test_pycocotools_decodes_any_valid_run_list_like_our_decoder(case: tuple[int, int, list[int]]) -> None:
     h, w, runs = case
     s = counts_string(runs)
-    assert decode_counts(s) == runs
-    ours = expand(decode_counts(s), h, w)
+    assert rle_utils.counts_runs(s) == runs
+    ours = expand(rle_utils.counts_runs(s), h, w)
     theirs = mask_utils.decode({"size": [h, w], "counts": s.encode("ascii")}).astype(bool)
     assert np.array_equal(ours, theirs)
 
 
 @FAST
 @given(st.text(alphabet=[chr(c) for c in range(48, 112)], max_size=40))
-def test_the_three_python_decoders_agree_on_arbitrary_counts_text(s: str) -> None:
-    def run(f):
-        try:
-            return ("ok", f(s))
-        except DataError:
-            return ("data_error", None)
-        except ValueError:
-            return ("value_error", None)
-
-    a, b, c = run(decode_counts), run(sa1b.rle_string_counts), run(store_rle_counts)
-    assert b == c  # both return signed runs or both refuse a truncated string
-    if b[0] == "ok" and all(r >= 0 for r in b[1]):
-        assert a == b
-    else:
-        assert a[0] == "data_error"  # coco's decoder refuses truncated strings and negative runs
+def test_the_counts_reader_returns_runs_pycocotools_can_hold_or_refuses_by_field(s: str) -> None:
+    try:
+        runs = rle_utils.counts_runs(s)
+    except rle_utils.RleError as e:
+        assert e.field == "segmentation.counts" and e.message
+        return
+    assert all(0 <= r <= rle_utils.MAX_RLE_PIXELS for r in runs)
 
 
 # ------------------------------------------------------------------------------------------ load_coco

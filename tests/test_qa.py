@@ -9,7 +9,7 @@ from sam_engine.data import rle as rle_utils
 from sam_engine.data import sa1b
 from sam_engine.qa import (
     QaItem,
-    SimulatedReviewer,
+    SimulatedQaJudge,
     VerdictCollector,
     review,
     sample_documents,
@@ -74,7 +74,7 @@ def test_simulated_reviewer_and_estimate():
     near = QaItem("s", 0, 2, _square(40, 40, 11, 10, 10), 0.9, 0.95)  # IoU 90/110 = 0.82
     bad = QaItem("s", 0, 3, _square(40, 40, 13, 10, 10), 0.9, 0.95)  # IoU 70/130 = 0.54
     other = QaItem("s", 5, 4, _square(40, 40, 13, 10, 10), 0.9, 0.95)  # no GT for image 5
-    reviewer = SimulatedReviewer(gt, threshold=0.75)
+    reviewer = SimulatedQaJudge(gt, threshold=0.75)
     assert reviewer.best_iou(near) == pytest.approx(90 / 110)
     verdicts = review([good, near, bad, other], reviewer)
     assert [v["good"] for v in verdicts.records()] == [True, True, False, False]

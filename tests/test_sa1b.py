@@ -92,12 +92,12 @@ def test_killed_write_leaves_no_partial_shard(tmp_path: Path):
     target = tmp_path / "sa_000002.tar"
     code = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from tests.fault_hooks import pause_tar_writes; pause_tar_writes(60)\n"
         "from tests.test_sa1b import _items\n"
         "from sam_engine.data import sa1b\n"
         f"sa1b.write_shard({str(target)!r}, _items(list(range(8))))\n"
     )
-    env = {**os.environ, sa1b.PAUSE_ENV: "60"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 60
         temps: list[Path] = []
@@ -165,7 +165,7 @@ def test_rle_string_counts_matches_pycocotools():
     m[0, 0] = True
     m[2:6, 3:8] = True
     seg = rle_utils.encode(m)
-    counts = sa1b.rle_string_counts(seg["counts"])
+    counts = rle_utils.counts_runs(seg["counts"])
     assert sum(counts) == 63 and counts[0] == 0
     again = mask_utils.frPyObjects({"size": [7, 9], "counts": counts}, 7, 9)
     assert again["counts"].decode("ascii") == seg["counts"]

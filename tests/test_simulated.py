@@ -124,7 +124,7 @@ def test_good_predictor_reaches_target_with_model_masks():
     # The submitted mask is the model's, not a copy of the GT.
     assert any(not np.array_equal(m.mask, gt[m.gt_indices[0]]) for m in big)
     for m in big:
-        assert rle_utils.mask_iou(m.mask, gt[m.gt_indices[0]]) >= 0.9
+        assert rle_utils.mask_iou(m.mask, gt[m.gt_indices[0]], empty=0.0) >= 0.9
 
 
 def test_clicks_fall_when_the_predictor_improves():
@@ -217,7 +217,7 @@ def test_polygon_fix_keeps_holes_and_shape():
     ring = ((xx - 60) ** 2 + (yy - 48) ** 2 <= 30**2) & ((xx - 60) ** 2 + (yy - 48) ** 2 > 12**2)
     fixed = polygon_fix(ring, 1.5)
     assert not fixed[48, 60]  # the hole survives
-    assert 0.85 < rle_utils.mask_iou(fixed, ring) < 1.0
+    assert 0.85 < rle_utils.mask_iou(fixed, ring, empty=0.0) < 1.0
     assert np.array_equal(polygon_fix(ring, 0.0), ring)
 
 
@@ -312,7 +312,7 @@ def test_reviewer_accepts_fixes_and_rejects(store):
     out = reviewer.work_queue()
     assert [r["status"] for r in out] == ["accepted", "superseded", "rejected"]
     fixed = store.get_mask(out[1]["fixed_mask_id"])
-    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3]) > 0.85
+    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3], empty=0.0) > 0.85
     assert all(store.get_task(t)["status"] == "done" for t in tasks)
 
 
@@ -345,7 +345,9 @@ def test_reviewer_fixes_from_the_stored_prompt_without_clicks_when_an_output_fit
     exact = FakePredictor({1: gt}, band=0, fix_radius=0.0)  # returns the object under the point
     fixed = _review_one(store, medium, DISC_PROMPT, exact, ReviewPolicy())
     assert not fixed["manual_fix"] and fixed["clicks"] == 0
-    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3]) == 1.0  # the model's mask, not a polygon
+    assert (
+        rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3], empty=0.0) == 1.0
+    )  # the model's mask, not a polygon
     assert fixed["prompt"]["points"] == DISC_PROMPT["points"]
     t = DEFAULT_TIME_MODEL
     assert fixed["seconds"] == pytest.approx(t.review_seconds(1.0))  # no click and no tracing by hand
@@ -358,10 +360,12 @@ def test_reviewer_fix_adds_corrective_clicks_then_traces_by_hand(store):
     rough = SecondClickRepairs({1: gt}, band=3, fix_radius=0.0)
     rough.set_image(np.zeros((H, W, 3), np.uint8), image_key=1)
     first = rough.predict(np.array([[95.0, 70.0]]), np.array([1]))[0][0]
-    assert rle_utils.mask_iou(first, gt[3]) < 0.9  # the premise: the stored prompt alone does not fit
+    assert (
+        rle_utils.mask_iou(first, gt[3], empty=0.0) < 0.9
+    )  # the premise: the stored prompt alone does not fit
     fixed = _review_one(store, medium, DISC_PROMPT, rough, ReviewPolicy(fix_clicks=1))
     assert not fixed["manual_fix"] and fixed["clicks"] == 1
-    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3]) >= 0.9
+    assert rle_utils.mask_iou(rle_utils.decode(fixed["rle"]), gt[3], empty=0.0) >= 0.9
     assert len(fixed["prompt"]["points"]) == 2  # the stored point and the reviewer's click
     # with no click of its own allowed, the same fix is traced by hand: manual, the GT outline as a polygon
     fixed = _review_one(store, medium, DISC_PROMPT, rough, ReviewPolicy(fix_clicks=0))

@@ -91,13 +91,14 @@ def test_killed_write_leaves_no_shard_and_manifest_untouched(tmp_path: Path, mod
     before = (out / "manifest.json").read_bytes()
     code = (
         f"import sys, json; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from tests.fault_hooks import pause_tar_writes; pause_tar_writes(120)\n"
         "from sam_engine import stage3\n"
         "from sam_engine.amg import AmgParams\n"
         "from sam_engine.model import build_sam\n"
         f"params = AmgParams.model_validate_json({PARAMS.model_dump_json()!r})\n"
         f"stage3.write_shard(1, {[str(r.path) for r in recs[2:]]!r}, build_sam('tiny', seed=0), params, {str(out)!r}, seed=0, blur=False)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, sa1b.PAUSE_ENV: "120"})
+    proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 120
         temps: list[Path] = []

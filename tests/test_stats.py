@@ -106,7 +106,7 @@ def test_agreement_with_consensus():
     out = agreement_with_consensus(df).set_index("mask_id")
     assert list(out.index) == [1, 2]
     assert out.loc[1, "agreement"] == pytest.approx(1.0)
-    assert out.loc[2, "agreement"] == pytest.approx(rle_utils.mask_iou(box(5, 25, 10, 30), cons))
+    assert out.loc[2, "agreement"] == pytest.approx(rle_utils.mask_iou(box(5, 25, 10, 30), cons, empty=0.0))
 
 
 def test_from_the_store(tmp_path):

@@ -108,7 +108,7 @@ def test_image_through_url_matches_local(tmp_path, mem):
     path = tmp_path / "img_7.png"
     save_png(_scene(7), path)
     url = storage.upload(path, f"{mem}/images/img_7.png")
-    np.testing.assert_array_equal(storage.load_image(url, cache_dir=tmp_path / "c"), load_image(path))
+    np.testing.assert_array_equal(storage.load_image_at(url, cache_dir=tmp_path / "c"), load_image(path))
 
 
 def test_shard_to_url_is_byte_identical_and_listed(tmp_path, mem):

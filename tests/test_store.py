@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sam_engine.data import rle as rle_utils
 from sam_engine.data.errors import DataError
 from sam_engine.quality import store as store_module
-from sam_engine.quality.store import SCHEMA_VERSION, QualityStore, hash_secret, rle_counts, validate_rle
+from sam_engine.quality.store import SCHEMA_VERSION, QualityStore, hash_secret
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -512,12 +512,12 @@ def test_image_resolver_serves_known_images_without_the_store(tmp_path: Path) ->
 def test_rle_counts_parser_matches_pycocotools(h: int, w: int, seed: int, density: float) -> None:
     m = np.random.default_rng(seed).random((h, w)) < density
     encoded = rle_utils.encode(m)
-    counts = rle_counts(encoded["counts"])
+    counts = rle_utils.counts_runs(encoded["counts"])
     assert sum(counts) == h * w
     flat = np.concatenate(
         [np.full(c, i % 2, dtype=bool) for i, c in enumerate(counts)] or [np.zeros(0, bool)]
     )
     assert np.array_equal(flat.reshape(w, h).T, m)
-    validate_rle(encoded, h, w)
+    rle_utils.check_rle(encoded, h, w)
     with pytest.raises(ValueError):
-        validate_rle(encoded, h + 1, w)
+        rle_utils.check_rle(encoded, h + 1, w)

@@ -32,12 +32,6 @@ def generate_crop_boxes(
     return boxes, layers
 
 
-def uncrop_boxes(boxes: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
-    """XYXY boxes in a crop's frame to the image frame."""
-    x0, y0 = crop_box[0], crop_box[1]
-    return boxes + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype, device=boxes.device)
-
-
 def uncrop_points(points: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
     """(x, y) points in a crop's frame to the image frame."""
     return points + torch.tensor([crop_box[0], crop_box[1]], dtype=points.dtype, device=points.device)

@@ -76,11 +76,6 @@ class ConsensusObject:
     member_ious: dict[Any, float] = field(default_factory=dict)  # annotator -> IoU with the consensus
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def _vote(members: Sequence[AnnotatorMask], weights: Sequence[float], threshold: float) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     stack = np.stack([m.mask for m in members]).astype(np.float64)
@@ -117,7 +112,7 @@ def consensus_image(
         own = by_annotator[a]
         matched: set[int] = set()
         if clusters:
-            iou = np.array([[_iou(m.mask, r) for r in refs] for m in own])
+            iou = np.array([[rle_utils.mask_iou(m.mask, r, empty=0.0) for r in refs] for m in own])
             rows, cols = linear_sum_assignment(-iou)
             for r, c in zip(rows, cols, strict=True):
                 if iou[r, c] >= config.match_iou:
@@ -133,7 +128,7 @@ def consensus_image(
     needed = min(config.min_support, n_annotators)
     out = []
     for members, ref in zip(clusters, refs, strict=True):
-        ious = [_iou(x.mask, y.mask) for x, y in itertools.combinations(members, 2)]
+        ious = [rle_utils.mask_iou(x.mask, y.mask, empty=0.0) for x, y in itertools.combinations(members, 2)]
         agreement = float(np.mean(ious)) if ious else None
         reasons = []
         if len(members) < needed:
@@ -149,7 +144,7 @@ def consensus_image(
                 support=len(members),
                 flagged=bool(reasons),
                 reason=",".join(reasons),
-                member_ious={m.annotator_id: _iou(m.mask, ref) for m in members},
+                member_ious={m.annotator_id: rle_utils.mask_iou(m.mask, ref, empty=0.0) for m in members},
             )
         )
     out.sort(key=lambda o: -int(o.mask.sum()))

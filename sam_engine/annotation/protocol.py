@@ -69,11 +69,6 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
-class Conflict(ServiceError):
-    status = 409
-    code = "conflict"
-
-
 class ProtocolError(ServiceError):
     """A message that is not valid JSON, too large, of an unknown type or with bad fields."""
 

@@ -220,12 +220,6 @@ def _noisy_point(
     return x, y
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.logical_and(a, b).sum()
-    union = np.logical_or(a, b).sum()
-    return float(inter / union) if union else 0.0
-
-
 def covered_by(gt: Sequence[np.ndarray], accepted: Sequence[np.ndarray], cover_iou: float = 0.5) -> list[int]:
     """Indices of GT objects whose best IoU with any accepted mask is >= ``cover_iou``."""
     if not accepted or not gt:
@@ -272,7 +266,7 @@ class ClickWorker:
                 result = session.add_point(x, y, click.positive)
                 clicks += 1
             masks = np.asarray(result.masks, dtype=bool)
-            ious = [_mask_iou(m, target) for m in masks]
+            ious = [rle_utils.mask_iou(m, target, empty=0.0) for m in masks]
             pick = int(np.argmax(ious))
             if pick != int(getattr(result, "selected", pick)):
                 session.choose(pick)
@@ -298,7 +292,7 @@ class ClickWorker:
             seconds=seconds,
             manual_fix=manual_fix,
             predicted_iou=best_score,
-            iou=_mask_iou(mask, target),
+            iou=rle_utils.mask_iou(mask, target, empty=0.0),
             prompt=best_prompt,
         )
 
@@ -608,7 +602,7 @@ class SimulatedReviewer:
 
 def _best_match(mask: np.ndarray, gt: Sequence[np.ndarray]) -> tuple[int, float]:
     """(index, IoU) of the GT object ``mask`` matches best; (-1, 0.0) without GT."""
-    ious = [_mask_iou(mask, g) for g in gt]
+    ious = [rle_utils.mask_iou(mask, g, empty=0.0) for g in gt]
     best = int(np.argmax(ious)) if ious else -1
     return best, (ious[best] if ious else 0.0)
 

@@ -85,9 +85,9 @@ def _check_image(
     except DataError as e:
         raise DataError(file, where, "file_name", e.message) from e
     try:
-        w, h = storage.image_size(path, max_pixels, cache_dir)
+        w, h = storage.image_size_at(path, max_pixels, cache_dir)
         if verify:
-            storage.load_image(path, max_pixels, cache_dir)
+            storage.load_image_at(path, max_pixels, cache_dir)
     except DataError as e:
         raise DataError(path, where, e.field, e.message) from e
     if (w, h) != (rec["width"], rec["height"]):
@@ -145,14 +145,6 @@ def check_compressed_rle(file: str, where: str, rle: dict) -> None:
         rle_utils.check_rle(rle, h, w)
     except rle_utils.RleError as e:
         raise DataError(file, where, e.field, e.message) from None
-
-
-def decode_counts(s: str) -> list[int]:
-    """Run lengths of a compressed counts string (:func:`sam_engine.data.rle.counts_runs`, errors as DataError)."""
-    try:
-        return rle_utils.counts_runs(s)
-    except rle_utils.RleError as e:
-        raise DataError("", "", e.field, e.message) from None
 
 
 def _check_annotation(file: str, ann: Any, idx: int, images: dict[int, ImageRecord]) -> dict:

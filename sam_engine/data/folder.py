@@ -74,9 +74,9 @@ def load_image_folder(
 
     def size(path: Path | str) -> tuple[int, int]:
         if verify_images:
-            h, w = storage.load_image(path, max_pixels, cache_dir).shape[:2]
+            h, w = storage.load_image_at(path, max_pixels, cache_dir).shape[:2]
             return w, h
-        return storage.image_size(path, max_pixels, cache_dir)
+        return storage.image_size_at(path, max_pixels, cache_dir)
 
     q = Quarantine()
     images: list[ImageRecord] = []

@@ -89,11 +89,21 @@ def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> dic
     }
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks of the same shape (1.0 when both are empty)."""
-    inter = np.logical_and(a, b).sum()
-    union = np.logical_or(a, b).sum()
-    return float(inter / union) if union else 1.0
+def mask_iou(a: np.ndarray, b: np.ndarray, *, empty: float, ignore: np.ndarray | None = None) -> float:
+    """IoU of two boolean masks of the same shape, over the pixels outside ``ignore`` when given.
+
+    ``empty`` is the answer when both masks are empty there (no union), which callers must choose: 1.0 where two
+    empty masks agree (the click protocol: nothing to find, nothing found), 0.0 where an empty mask matches
+    nothing (a proposal against an object).
+    """
+    inter = np.logical_and(a, b)
+    union = np.logical_or(a, b)
+    if ignore is not None:
+        keep = ~np.asarray(ignore, dtype=bool)
+        inter &= keep
+        union &= keep
+    u = int(union.sum())
+    return float(inter.sum()) / u if u else float(empty)
 
 
 # ------------------------------------------------------------------------------------------ validation

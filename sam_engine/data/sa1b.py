@@ -27,13 +27,13 @@ import os
 import re
 import tarfile
 import tempfile
-import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from ..io import sha256_file
 from . import rle as rle_utils
 from .corpus import ImageRecord, MaskCorpus
 from .errors import DataError, Quarantine
@@ -43,8 +43,6 @@ IMAGE_EXTS = ("jpg", "png")
 MEMBER_RE = re.compile(r"^sa_(\d+)\.(jpg|png|json)$")
 TAR_MTIME = 0
 TAR_MODE = 0o644
-# Test hook: seconds to sleep after half of a shard's members are written (to test killed writes).
-PAUSE_ENV = "SAM_ENGINE_SA1B_WRITE_PAUSE"
 ANNOTATION_FIELDS = (
     "id",
     "segmentation",
@@ -102,11 +100,6 @@ def annotation(
         "crop_box": [float(v) for v in crop_box],
         "point_coords": [[float(x), float(y)] for x, y in point_coords],
     }
-
-
-def rle_string_counts(counts: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string as pycocotools reads them (:func:`rle.counts_runs`)."""
-    return rle_utils.counts_runs(counts)
 
 
 def _is_number(v: object) -> bool:
@@ -299,21 +292,14 @@ def write_shard(path: str | Path, items: Iterable[ShardItem]) -> ShardInfo:
     members = _shard_members(items)
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     try:
         with os.fdopen(fd, "wb") as f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for i, (name, data) in enumerate(members):
+                for name, data in members:
                     tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-                    if pause and i == len(members) // 2:
-                        f.flush()
-                        time.sleep(pause)
             f.flush()
             os.fsync(f.fileno())
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        sha256 = sha256_file(tmp)
         num_bytes = os.path.getsize(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -322,7 +308,7 @@ def write_shard(path: str | Path, items: Iterable[ShardItem]) -> ShardInfo:
         raise
     return ShardInfo(
         path=path,
-        sha256=digest.hexdigest(),
+        sha256=sha256,
         num_bytes=num_bytes,
         image_ids=[int(it.doc["image"]["image_id"]) for it in items],
         mask_counts=[len(it.doc["annotations"]) for it in items],

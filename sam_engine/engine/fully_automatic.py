@@ -97,11 +97,11 @@ def _covered(image_ids: list[int], mask_counts: list[int]) -> list[int]:
 def qa_shard(ws: Workspace, shard_path, n: int | None = None) -> dict[str, Any]:
     """Seeded QA sample of a shard (a path or a URL), judged by the simulated reviewer against the hidden
     ground truth."""
-    from ..qa import SimulatedReviewer, review, sample_shard
+    from ..qa import SimulatedQaJudge, review, sample_shard
 
     s = ws.cfg.stages
     items = sample_shard(ws.local_file(shard_path), n or s.qa_masks_per_shard, ws.cfg.seed)
-    reviewer = SimulatedReviewer(ws.ground_truth(), threshold=s.qa_good_iou)
+    reviewer = SimulatedQaJudge(ws.ground_truth(), threshold=s.qa_good_iou)
     est = review(items, reviewer).estimate()
     return {
         "reviewed": est.reviewed,

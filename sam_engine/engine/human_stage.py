@@ -6,8 +6,6 @@ session API the browser uses; with ``"human"`` the functions only collect what p
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +113,6 @@ def simulate_stage(
             for (sim, st), result in zip(started, results, strict=True):
                 sim.finish(st, result)
                 done += 1
-                _fault_point(f"stage{stage}_task", done)
     finally:
         service.close()
     if log_fn:
@@ -184,10 +181,3 @@ def consolidate(ws: Workspace, store, stage: int, model: ModelRef | None = None)
     report = run_consensus(store, stage, weights=weights, config=ConsensusConfig())
     verdicts = review_stage(ws, store, stage, model) if ws.cfg.stages.reviewers else 0
     return {"consensus_images": report.images, "flagged": report.flagged, "review_verdicts": verdicts}
-
-
-def _fault_point(name: str, count: int) -> None:
-    """Test hook: ``SAM_ENGINE_FAULT=<name>:<count>`` SIGKILLs this process when ``count`` is reached."""
-    spec = os.environ.get("SAM_ENGINE_FAULT", "")
-    if spec and spec == f"{name}:{count}":
-        os.kill(os.getpid(), signal.SIGKILL)

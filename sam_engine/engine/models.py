@@ -497,7 +497,3 @@ def calibrated_amg_params(ws: Workspace, ref: ModelRef, target: str = "stage3"):
     if not cal:
         return params
     return Calibration.from_dict(cal).apply(params)
-
-
-def checkpoint_path(ref: ModelRef) -> Path:
-    return Path(ref.checkpoint)

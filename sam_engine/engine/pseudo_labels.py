@@ -61,12 +61,12 @@ def pseudo_label_corpus(info: dict[str, Any], ws: Workspace) -> MaskCorpus:
     """The masks :func:`write_pseudo_labels` wrote (``info`` is what it returned); empty when it wrote none."""
     from ..data.errors import DataError
     from ..data.sa1b import read_shards
-    from ..model_store import file_sha256
+    from ..io import sha256_file
 
     if not info.get("path") or not info.get("masks"):
         return MaskCorpus(images=[], annotations={})
     path = Path(info["path"])
-    if not path.exists() or file_sha256(path) != info["sha256"]:
+    if not path.exists() or sha256_file(path) != info["sha256"]:
         raise DataError(
             path, path.name, "sha256", "missing or changed since v1 wrote it: re-materialize v1_pseudo_labels"
         )

@@ -88,7 +88,7 @@ class Workspace:
         """Pixels of a pool or gold image (a remote pool's image through the cache)."""
         from .. import storage
 
-        return storage.load_image(self.record(image_id).path, self.cfg.corpus.max_pixels, self.cache_dir)
+        return storage.load_image_at(self.record(image_id).path, self.cfg.corpus.max_pixels, self.cache_dir)
 
     def localize(self, record: ImageRecord) -> ImageRecord:
         """``record`` with a local ``path`` (a remote image's cached copy), for readers that open the file

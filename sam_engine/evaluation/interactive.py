@@ -86,16 +86,9 @@ class EvalObject:
 
 def iou(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """IoU of two boolean masks over the pixels outside ``ignore`` (1.0 when both are empty there)."""
-    gt = np.asarray(gt, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    inter = gt & pred
-    union = gt | pred
-    if ignore is not None:
-        keep = ~np.asarray(ignore, dtype=bool)
-        inter &= keep
-        union &= keep
-    u = int(union.sum())
-    return float(inter.sum()) / u if u else 1.0
+    return rle_utils.mask_iou(
+        np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool), empty=1.0, ignore=ignore
+    )
 
 
 def noc(ious: list[float] | np.ndarray, threshold: float, max_clicks: int = 20) -> tuple[int, bool]:

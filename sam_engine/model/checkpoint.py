@@ -11,7 +11,6 @@ An official SAM checkpoint is a plain state dict (``sam_vit_b_01ec64.pth`` etc.)
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -47,15 +46,6 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     official: bool = False
     path: str = ""
-
-
-def sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _model_config(model: Sam) -> SamConfig:

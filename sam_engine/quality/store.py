@@ -152,19 +152,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def rle_counts(counts: str | bytes | list[int]) -> list[int]:
-    """Run lengths of a COCO RLE ``counts`` field (compressed text as pycocotools reads it, or a list)."""
-    if isinstance(counts, list):
-        return [int(c) for c in counts]
-    return rle_utils.counts_runs(counts)
-
-
-def validate_rle(rle: object, height: int, width: int) -> None:
-    """Raise ValueError unless ``rle`` is a COCO RLE of a ``height`` x ``width`` mask that pycocotools decodes
-    exactly as written (:func:`sam_engine.data.rle.check_rle`, the check of every entry point)."""
-    rle_utils.check_rle(rle, height, width)
-
-
 def _check_choice(value: Any, allowed: tuple[str, ...], field: str, record: Any = None) -> None:
     if value not in allowed:
         raise DataError("quality store", record, field, f"{value!r} is not one of {list(allowed)}")
