@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("sam_engine", "assets", "jobs")
+SQL = re.compile(
+    r"\bSELECT\b.*\bFROM\b|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|\bCREATE\s+TABLE\b"
+)
+# Where SQL may be written: the store's package, and the backup, which works on the raw files of two
+# databases (DuckDB and MLflow's SQLite) before any store opens them.
+SQL_HOMES = ("sam_engine/quality/", "sam_engine/backup.py")
 
 
 def _modules(root: Path) -> dict[str, Path]:
@@ -113,3 +120,36 @@ def test_no_import_cycle(graph):
 def test_layers_import_downward_only(graph, lower):
     bad = [(s, d) for s, d in layer_violations(graph) if s.split(".")[0] == lower]
     assert not bad, f"{lower} imports a layer above it: {bad}"
+
+
+def sql_outside_the_store(root: Path = ROOT) -> list[str]:
+    """``file:line`` of every string literal with SQL in it outside :data:`SQL_HOMES`."""
+    found = []
+    for path in _modules(root).values():
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(SQL_HOMES):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=rel)):
+            if isinstance(node, ast.JoinedStr):  # an f-string: its literal parts around each {field}
+                text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            if SQL.search(text):
+                found.append(f"{rel}:{node.lineno}")
+    return sorted(found)
+
+
+def test_the_sql_check_sees_a_query(tmp_path):
+    (tmp_path / "sam_engine" / "engine").mkdir(parents=True)
+    (tmp_path / "sam_engine" / "quality").mkdir()
+    (tmp_path / "sam_engine" / "engine" / "x.py").write_text(
+        'q = "SELECT mask_id FROM masks"\n"""Select a mask from the store."""\nf = f"SELECT {c} FROM tasks"\n'
+    )
+    (tmp_path / "sam_engine" / "quality" / "store.py").write_text('q = "DELETE FROM masks"\n')
+    assert sql_outside_the_store(tmp_path) == ["sam_engine/engine/x.py:1", "sam_engine/engine/x.py:3"]
+
+
+def test_no_sql_outside_the_store():
+    assert sql_outside_the_store() == [], "SQL belongs in sam_engine/quality/ (a named store method)"

@@ -215,6 +215,31 @@ def test_masks_filters(store: QualityStore) -> None:
         store.masks(status="review")
 
 
+def test_the_named_reads_that_replace_sql_outside_the_store(store: QualityStore) -> None:
+    """What the sensor, stage 2, mask history and image access ask the store, each in one named call."""
+    store.add_images(
+        [{"image_id": 2, "file_name": "b.png", "width": 16, "height": 12, "region": "r1", "source": "pool"}]
+    )
+    a = _commit(store, stage=1)
+    b = _commit(store, stage=2, image_id=2, status="pending_review", source="model", annotator_id=None)
+    assert store.mask_sources()[["mask_id", "stage", "source"]].values.tolist() == [[a, 1, "human"]]
+    assert store.mask_sources(status=None)["mask_id"].tolist() == [a, b]
+    assert store.image_ids_with_masks(2, source="model") == {2}
+    assert store.image_ids_with_masks(2, source="human") == set() and store.image_ids_with_masks(1) == {1}
+    assert store.reviewed_mask_ids() == set()
+    store.review(b, "rita", "accept")
+    assert store.reviewed_mask_ids() == {b}
+    fixed = store.review(a, "rita", "fix", fixed_rle=rle_utils.encode(_mask(x1=8)))["fixed_mask_id"]
+    assert store.reviewed_mask_ids() == {b, a}  # the event names the mask that was fixed
+    versions = store.mask_versions(a, ["mask_id", "version", "status"])
+    assert versions.values.tolist() == [[a, 1, "superseded"], [fixed, 2, "accepted"]]
+    with pytest.raises(ValueError, match="not columns"):
+        store.mask_versions(a, ["mask_id; DROP TABLE masks"])
+    store.create_tasks([{"image_id": 2, "stage": 1, "annotator_id": "alice"}])
+    assert store.has_task_on_image("alice", 2) and not store.has_task_on_image("alice", 1)
+    assert not store.has_task_on_image("bob", 2)
+
+
 def test_concurrent_commits_from_threads(store: QualityStore) -> None:
     errors = []
 

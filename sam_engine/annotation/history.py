@@ -34,10 +34,7 @@ def history_view(store: QualityStore, mask_id: int) -> dict:
     mask = store.get_mask(mask_id)
     if mask is None:
         raise NotFound(f"mask {mask_id} does not exist")
-    versions = store.query(
-        f"SELECT {', '.join(_VERSION_FIELDS)} FROM masks WHERE root_mask_id = ? ORDER BY version, mask_id",
-        [mask["root_mask_id"]],
-    )
+    versions = store.mask_versions(mask["root_mask_id"], _VERSION_FIELDS)
     versions["created_at"] = versions["created_at"].astype(str)
     target = store.revert_target(mask_id)
     return {

@@ -226,11 +226,7 @@ class AnnotationService:
         """Annotators see only images of their own tasks (another image is "not found", as a missing one is);
         reviewers and admins see every stored image."""
         if not p.at_least("reviewer"):
-            mine = self.store.query(
-                "SELECT 1 FROM tasks WHERE image_id = ? AND annotator_id = ? LIMIT 1",
-                [int(image_id), p.annotator_id],
-            )
-            if not len(mine):
+            if not self.store.has_task_on_image(p.annotator_id, image_id):
                 raise NotFound(f"image {image_id} not found")
             try:
                 return self.resolver.record(image_id)

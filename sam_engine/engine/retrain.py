@@ -4,38 +4,26 @@ from __future__ import annotations
 
 import json
 
+from ..quality.store import QualityStore
 
-def verified_mask_counts(store, gold_ids: set[int] | frozenset = frozenset()) -> dict[int, int]:
+
+def verified_mask_counts(store: QualityStore, gold_ids: set[int] | frozenset = frozenset()) -> dict[int, int]:
     """Accepted human-verified masks per stage (human, consensus and reviewed model masks; honeypots excluded)."""
-    df = store.query(
-        "SELECT stage, image_id, source, status FROM masks WHERE status = 'accepted' "
-        "AND source IN ('human', 'consensus', 'review', 'model')"
-    )
+    df = store.mask_sources(status="accepted")
+    df = df[df["source"].isin(["human", "consensus", "review", "model"])]
     if not len(df):
         return {1: 0, 2: 0}
-    df = df[~df["image_id"].isin(list(gold_ids))]
-    reviewed = set()
+    reviewed: set[int] = set()
     try:
-        ev = store.query("SELECT DISTINCT mask_id FROM events WHERE kind IN ('review_accept', 'review_fix')")
-        reviewed = set(ev["mask_id"].dropna().astype(int))
+        reviewed = store.reviewed_mask_ids()
     except Exception:  # noqa: BLE001 - an older store without events counts human masks only
         pass
-    out = {}
-    for stage in (1, 2):
-        part = df[df["stage"] == stage]
-        human = part[part["source"].isin(["human", "consensus", "review"])]
-        out[stage] = int(len(human))
-    if reviewed:
-        model_rows = store.query(
-            "SELECT mask_id, stage FROM masks WHERE source = 'model' AND status = 'accepted'"
-        )
-        for stage in (1, 2):
-            out[stage] += int(
-                model_rows[(model_rows["stage"] == stage) & model_rows["mask_id"].isin(list(reviewed))].shape[
-                    0
-                ]
-            )
-    return out
+    model_reviewed = df[(df["source"] == "model") & df["mask_id"].isin(list(reviewed))]
+    people = df[df["source"].isin(["human", "consensus", "review"]) & ~df["image_id"].isin(list(gold_ids))]
+    return {
+        stage: int((people["stage"] == stage).sum() + (model_reviewed["stage"] == stage).sum())
+        for stage in (1, 2)
+    }
 
 
 def retrain_decisions(counts: dict[int, int], cursor: str | None, threshold: int) -> tuple[list[int], str]:

@@ -33,8 +33,7 @@ def propose(
 
     register_images(store, images, "stage2", "pool")
     routing, params, score_key = stage2_routing(ws, model)
-    done = store.query("SELECT DISTINCT image_id FROM masks WHERE stage = 2 AND source = 'model'")
-    done_ids = set(done["image_id"].astype(int)) if len(done) else set()
+    done_ids = store.image_ids_with_masks(2, source="model")
     prior = _proposal_log(ws)
     todo = [rec for rec in images if not (rec.image_id in done_ids and rec.image_id in prior)]
     generated: dict[int, list[dict]] = {}

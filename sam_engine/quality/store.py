@@ -93,6 +93,7 @@ _MASK_COLUMNS = (
     "area, predicted_iou, stability_score, clicks, seconds, manual_fix, status, version, parent_mask_id, "
     "root_mask_id, prompt, created_at, request_id"
 )
+_MASK_COLUMN_NAMES = frozenset(c.strip() for c in _MASK_COLUMNS.split(","))
 LOCK_RETRY_CAP_S = 0.1  # longest back-off between two open attempts while another process holds the file
 TURN_REQUEST_FRESH_S = 1.0  # a request for a turn (touch of ``<file>.turn``) counts for this long
 DEFAULT_YIELD_S = 0.3  # longest a store with ``max_hold_s`` stays closed when it gives a turn
@@ -648,6 +649,12 @@ class QualityStore:
             rows = _all(conn.execute(sql + " ORDER BY priority DESC, task_id", params))
         return [_task_out(r) for r in rows]
 
+    def has_task_on_image(self, annotator_id: str, image_id: int) -> bool:
+        """Whether ``annotator_id`` has (or had) a task on ``image_id``, whatever its status."""
+        sql = "SELECT 1 FROM tasks WHERE image_id = ? AND annotator_id = ? LIMIT 1"
+        with self._use() as conn:
+            return conn.execute(sql, [int(image_id), str(annotator_id)]).fetchone() is not None
+
     def tasks(self, status: str | Sequence[str] | None = None, stage: int | None = None) -> pd.DataFrame:
         sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE 1 = 1"
         params: list[Any] = []
@@ -860,6 +867,27 @@ class QualityStore:
         df["rle"] = [json.loads(s) for s in df["segmentation"]]
         return df
 
+    def mask_sources(self, status: str | Sequence[str] | None = "accepted") -> pd.DataFrame:
+        """``mask_id, stage, image_id, source`` of the masks with ``status`` (no pixels; see :meth:`masks`)."""
+        sql = "SELECT mask_id, stage, image_id, source FROM masks WHERE 1 = 1"
+        sql, params = _status_filter(sql, [], status, MASK_STATUSES)
+        return self.query(sql + " ORDER BY mask_id", params)
+
+    def image_ids_with_masks(self, stage: int, source: str | None = None) -> set[int]:
+        """Images that hold a mask of ``stage`` (of ``source`` when given), whatever its status."""
+        sql, params = "SELECT DISTINCT image_id FROM masks WHERE stage = ?", [int(stage)]
+        if source is not None:
+            sql, params = sql + " AND source = ?", [*params, source]
+        return {int(i) for i in self.query(sql, params)["image_id"]}
+
+    def mask_versions(self, root_mask_id: int, columns: Sequence[str]) -> pd.DataFrame:
+        """Every version of one lineage (``columns`` of the masks table, no pixels), oldest first."""
+        unknown = [c for c in columns if c not in _MASK_COLUMN_NAMES]
+        if unknown:
+            raise ValueError(f"not columns of the masks table: {unknown}")
+        sql = f"SELECT {', '.join(columns)} FROM masks WHERE root_mask_id = ? ORDER BY version, mask_id"
+        return self.query(sql, [int(root_mask_id)])
+
     # ------------------------------------------------------------------------------ events / history
     def _event(
         self,
@@ -893,6 +921,11 @@ class QualityStore:
             sql += " WHERE kind = ?"
             params.append(kind)
         return self.query(sql + " ORDER BY event_id", params)
+
+    def reviewed_mask_ids(self) -> set[int]:
+        """Masks a reviewer accepted or fixed (``review_accept`` / ``review_fix`` events)."""
+        df = self.query("SELECT DISTINCT mask_id FROM events WHERE kind IN ('review_accept', 'review_fix')")
+        return {int(i) for i in df["mask_id"].dropna()}
 
     def _lineage(self, conn: duckdb.DuckDBPyConnection, mask_id: int) -> list[int]:
         row = conn.execute("SELECT root_mask_id FROM masks WHERE mask_id = ?", [int(mask_id)]).fetchone()
