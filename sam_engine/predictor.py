@@ -3,6 +3,11 @@
 ``SamPredictor`` mirrors the reference predictor's API. Image embeddings are kept in an
 ``EmbeddingCache`` (LRU, thread-safe) keyed by (model, image_key) and shared by every predictor that
 uses the same cache object (by default one process-wide cache).
+
+:class:`InteractivePredictor` is the surface every click answerer has (this one, the zoom-in, the region
+snapping and the output choice, which wrap one another); :class:`RefiningPredictor` adds the quick
+whole-image answer (``coarse``) of one that refines on a crop. ``refines`` says which one a predictor is, so a
+caller never guesses from attributes a wrapper may pass through.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -115,8 +121,57 @@ def _finite(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
+Answer = tuple[np.ndarray, np.ndarray, np.ndarray]  # masks (or logits) (3,H,W), scores (3,), low-res logits
+
+
+class InteractivePredictor(Protocol):
+    """What answers clicks: set an image, then predict masks for point / box / mask prompts."""
+
+    @property
+    def refines(self) -> bool:
+        """Whether this is a :class:`RefiningPredictor`."""
+        ...
+
+    @property
+    def mask_threshold(self) -> float: ...
+
+    def set_image(self, image: np.ndarray, image_key: Hashable | None = None) -> None: ...
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        **extra: Any,
+    ) -> Answer: ...
+
+
+class RefiningPredictor(InteractivePredictor, Protocol):
+    """An interactive predictor that refines on a crop: :meth:`coarse` is its whole-image answer (logits), which
+    ``predict(..., coarse=)`` then only refines."""
+
+    def coarse(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> Answer: ...
+
+
 class SamPredictor:
     """Set an image once, then predict masks for point / box / mask prompts."""
+
+    refines = False  # one pass on the whole image
+
+    @property
+    def mask_threshold(self) -> float:
+        """The logit above which a pixel is in a mask."""
+        return float(self.model.mask_threshold)
 
     def __init__(self, model: Sam, cache: EmbeddingCache | None = None) -> None:
         self.model = model

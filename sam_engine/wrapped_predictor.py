@@ -22,6 +22,11 @@ class PredictorWrapper:
         return getattr(self.base, name)
 
     @property
+    def refines(self) -> bool:
+        """The wrapped predictor's: a wrapper refines when what it wraps does."""
+        return bool(getattr(self.base, "refines", False))
+
+    @property
     def mask_threshold(self) -> float:
         return float(getattr(self.base, "mask_threshold", 0.0))
 

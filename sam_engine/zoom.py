@@ -108,6 +108,8 @@ class ZoomPredictor:
         self.stats = {"zoomed": 0, "crop_encodes": 0}
 
     # ---- the SamPredictor surface ------------------------------------------------------------------------
+    refines = True  # a RefiningPredictor: coarse() then predict(..., coarse=)
+
     @property
     def is_image_set(self) -> bool:
         return self.base.is_image_set

@@ -37,6 +37,9 @@ class FakePredictor:
     region. It records every ``mask_input`` it receives and counts encodings.
     """
 
+    refines = False
+    mask_threshold = 0.0
+
     def __init__(self, low_res: int = 64, cache_size: int = 8, encode_delay_s: float = 0.0) -> None:
         self.low_res = low_res
         self.cache_size = cache_size
@@ -121,7 +124,7 @@ class RefiningFakePredictor(FakePredictor):
     exact answer and, when handed a ``coarse``, waits ``refine_delay_s`` first (a crop encode) and counts it.
     """
 
-    mask_threshold = 0.0
+    refines = True
 
     def __init__(self, *args: object, refine_delay_s: float = 0.0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)

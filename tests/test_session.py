@@ -342,6 +342,24 @@ def test_progressive_click_shows_the_quick_answer_then_keeps_the_refined_one(sce
     plain.close()
 
 
+def test_a_snapping_predictor_over_one_pass_answers_a_progressive_click_once(scenes: dict) -> None:
+    """Zoom off, snapping on (``--no-zoom``): the wrapper passes ``coarse`` through to a predictor that has
+    none, so the session must ask ``refines``, not ``hasattr``; it answers once, as SAM's single pass does.
+    (Before, every progressive click there raised AttributeError.)"""
+    from sam_engine.model import build_sam
+    from sam_engine.zoom import interactive_predictor
+
+    img, objs = scenes[1]
+    predictor = interactive_predictor(build_sam("tiny", seed=0).eval(), zoom=False, snap=True)
+    assert not predictor.refines
+    assert interactive_predictor(build_sam("tiny", seed=0).eval(), zoom=True, snap=True).refines
+    svc = SegmentationService(predictor, lambda i: img, cache_size=2)
+    seen = []
+    r = svc.open_session(0).add_point(*_inside(objs["disc"]), positive=True, on_coarse=seen.append)
+    assert seen == [] and r.masks.shape == (3, *img.shape[:2]) and r.clicks == 1
+    svc.close()
+
+
 def test_on_coarse_is_not_called_without_refinement(scenes: dict) -> None:
     img, objs = scenes[1]
     svc = SegmentationService(FakePredictor(), lambda i: img, cache_size=2)

@@ -47,6 +47,8 @@ def scene() -> list[np.ndarray]:
 class FakePredictor:
     """GT-aware stand-in for SamPredictor (same set_image / predict interface)."""
 
+    refines = False
+
     def __init__(self, gt_by_image: dict[int, list[np.ndarray]], band: int, fix_radius: float, seed: int = 0):
         self.gt_by_image = gt_by_image
         self.band = band

@@ -43,9 +43,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..predictor import InteractivePredictor, RefiningPredictor
 
 MAX_PROMPTS = 128
 
@@ -119,13 +122,15 @@ class SegmentationService:
 
     def __init__(
         self,
-        predictor: Any | Sequence[Any],
+        predictor: InteractivePredictor | Sequence[InteractivePredictor],
         image_loader: Callable[[int], np.ndarray],
         cache_size: int = 16,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
-        self.lanes: list[Any] = list(predictor) if isinstance(predictor, list | tuple) else [predictor]
+        self.lanes: list[InteractivePredictor] = (
+            list(predictor) if isinstance(predictor, list | tuple) else [predictor]
+        )
         if not self.lanes:
             raise ValueError("SegmentationService needs at least one predictor")
         self.predictor = self.lanes[0]
@@ -193,9 +198,9 @@ class SegmentationService:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the predictor on ``image_id`` (3 masks): ``(masks, scores, low_res_logits)``.
 
-        With ``on_coarse`` and a refining predictor (``coarse(...)`` returning mask logits, ``mask_threshold``
-        and ``predict(..., coarse=)``), the whole-image answer is passed to ``on_coarse(masks, scores,
-        low_res)`` first (see the module docstring).
+        With ``on_coarse`` and a :class:`~sam_engine.predictor.RefiningPredictor` (``refines``), the whole-image
+        answer is passed to ``on_coarse(masks, scores, low_res)`` first (see the module docstring); any other
+        predictor answers once.
         """
         prompts = {
             "point_coords": point_coords,
@@ -204,10 +209,10 @@ class SegmentationService:
             "mask_input": mask_input,
         }
         coarse = None
-        if on_coarse is not None and hasattr(self.lanes[0], "coarse"):
+        if on_coarse is not None and self.lanes[0].refines:
             with self._pool.hold(CLICK) as lane:
                 self._activate(lane, int(image_id))
-                coarse = self.lanes[lane].coarse(**prompts)
+                coarse = cast("RefiningPredictor", self.lanes[lane]).coarse(**prompts)
             on_coarse(
                 coarse[0] > self.lanes[0].mask_threshold, np.asarray(coarse[1], dtype=np.float32), coarse[2]
             )
