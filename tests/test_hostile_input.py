@@ -18,6 +18,7 @@ import pytest
 from annotation_fixtures import FakePredictor, World, build_app, make_world
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
+from rle_support import counts_string
 
 from sam_engine.annotation.protocol import ProtocolError, parse_message
 from sam_engine.annotation.session import PromptError, SegmentationService
@@ -46,22 +47,6 @@ def _png_declaring(width: int, height: int, rows: int = 1) -> bytes:
     body = b"".join(comp.compress(row) for _ in range(rows)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
-
-
-def _counts_string(runs: list[int]) -> str:
-    """COCO's compressed-counts text for a run list (delta coding from the third run, 5-bit groups)."""
-    out = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = not ((c & 0x10) == 0 and x == 0 or (c & 0x10) != 0 and x == -1)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
 
 
 def _save(path: Path, h: int = 20, w: int = 30, value: int = 90) -> Path:
@@ -336,7 +321,7 @@ def test_rle_runs_past_the_image_are_quarantined_by_load_coco(dataset) -> None:
         30: {"size": [h, w], "counts": compressed_over},  # compressed, runs cover more than h*w
         31: {"size": [h, w], "counts": [0, h * w + 5]},  # uncompressed, past the end
         32: {"size": [h, w], "counts": [h * w - 10, 10**12]},  # one giant run: must not allocate it
-        33: {"size": [h, w], "counts": _counts_string([h * w - 10, 2**40])},  # the same, compressed
+        33: {"size": [h, w], "counts": counts_string([h * w - 10, 2**40])},  # the same, compressed
         34: {"size": [h, w], "counts": [10, -5, h * w - 5]},  # negative run
         35: {"size": [h, w], "counts": "\x7f\x80 not rle"},  # characters outside COCO's alphabet
     }
@@ -356,7 +341,7 @@ def test_rle_runs_past_the_image_are_quarantined_by_the_sa1b_reader(tmp_path: Pa
     doc = _sa1b_doc(1)
     bad = json.loads(json.dumps(doc["annotations"][0]))
     bad["id"] = 8
-    bad["segmentation"]["counts"] = _counts_string([20 * 30 - 4, 2**40])
+    bad["segmentation"]["counts"] = counts_string([20 * 30 - 4, 2**40])
     doc["annotations"].append(bad)
     path = tmp_path / "sa_1.json"
     path.write_bytes(sa1b.dumps(doc))
@@ -379,7 +364,7 @@ def _auth(world: World, name: str) -> dict:
 
 def test_rle_runs_past_the_image_are_refused_by_the_store_and_the_review_endpoint(world: World) -> None:
     h, w = 96, 128
-    bad = {"size": [h, w], "counts": _counts_string([h * w - 4, 2**40])}
+    bad = {"size": [h, w], "counts": counts_string([h * w - 4, 2**40])}
     with pytest.raises(DataError) as err:
         world.store.commit_mask(
             task_id=None,

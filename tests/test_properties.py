@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 from pycocotools import mask as mask_utils
+from rle_support import counts_string
 
 from sam_engine.annotation import protocol
 from sam_engine.annotation.protocol import ProtocolError, parse_message
@@ -56,22 +57,6 @@ def expand(runs: list[int], h: int, w: int) -> np.ndarray:
         pos += r
         val = not val
     return values.reshape((h, w), order="F")
-
-
-def counts_string(runs: list[int]) -> str:
-    """COCO's compressed-counts text for a run list (delta coding from the third run, 5-bit groups)."""
-    out = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = not ((c & 0x10) == 0 and x == 0 or (c & 0x10) != 0 and x == -1)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
 
 
 masks = hnp.arrays(np.bool_, st.tuples(st.integers(0, 24), st.integers(0, 24)))

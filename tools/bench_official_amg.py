@@ -206,7 +206,7 @@ def scene(height: int, width: int, seed: int, n_objects: int = 14) -> np.ndarray
 # ------------------------------------------------------------------------------------------ official side
 def _official_sam(args: argparse.Namespace, work: Path):
     """The official Sam with the checkpoint's configuration and weights: (model, config, state path, label)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from make_official_fixture import build_official  # this folder: the one official-Sam builder
 
     ckpt = Path(args.checkpoint) if args.checkpoint else FIXTURE
     weights = str(ckpt)
@@ -229,45 +229,7 @@ def _official_sam(args: argparse.Namespace, work: Path):
         weights = "random-init tiny (seed 0); no checkpoint found"
     cfg = json.loads(cfg_path.read_text())
 
-    from functools import partial
-
-    grid = cfg["img_size"] // cfg["patch_size"]
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=cfg["encoder_depth"],
-            embed_dim=cfg["encoder_embed_dim"],
-            img_size=cfg["img_size"],
-            mlp_ratio=cfg["encoder_mlp_ratio"],
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=cfg["encoder_num_heads"],
-            patch_size=cfg["patch_size"],
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=tuple(cfg["encoder_global_attn_indexes"]),
-            window_size=cfg["encoder_window_size"],
-            out_chans=cfg["out_chans"],
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg["out_chans"],
-            image_embedding_size=(grid, grid),
-            input_image_size=(cfg["img_size"], cfg["img_size"]),
-            mask_in_chans=cfg["mask_in_chans"],
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=cfg["decoder_depth"],
-                embedding_dim=cfg["out_chans"],
-                mlp_dim=cfg["decoder_mlp_dim"],
-                num_heads=cfg["decoder_num_heads"],
-            ),
-            transformer_dim=cfg["out_chans"],
-            iou_head_depth=cfg["iou_head_depth"],
-            iou_head_hidden_dim=cfg["iou_head_hidden_dim"],
-        ),
-        pixel_mean=list(cfg["pixel_mean"]),
-        pixel_std=list(cfg["pixel_std"]),
-    )
+    sam = build_official(cfg)
     sam.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     sam.eval()
     return sam, cfg, state_path, weights
