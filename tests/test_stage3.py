@@ -147,6 +147,20 @@ def test_plan_shards_fixed_size_by_image_id(tmp_path: Path):
         stage3.plan_shards(recs, 0)
 
 
+def test_the_engine_partitions_are_the_one_shard_plan(tmp_path: Path):
+    """Every sa1b_shards partition holds its shard of stage3.plan_shards; together they hold each image once."""
+    from sam_engine.config import load_config
+    from sam_engine.engine.splits import shard_images, shard_partitions
+
+    cfg = load_config("smoke", {"data_dir": str(tmp_path), "stages": {"images_per_shard": 2}})
+    recs = [ImageRecord(i, tmp_path / f"{i}.png", 1, 1) for i in (1, 2, 5, 7, 9)]
+    keys = shard_partitions(cfg, len(recs))
+    assert keys == ["shard_00000", "shard_00001", "shard_00002"]
+    got = [shard_images(recs, cfg, k) for k in keys]
+    assert [(i, [r.image_id for r in shard]) for i, shard in got] == [(0, [1, 2]), (1, [5, 7]), (2, [9])]
+    assert shard_images(recs, cfg, "shard_00003") == (3, [])
+
+
 def test_bad_inputs(tmp_path: Path, model):
     recs = _images(tmp_path / "pool", [1])
     with pytest.raises(DataError):

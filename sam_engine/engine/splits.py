@@ -6,6 +6,7 @@ import numpy as np
 
 from ..config import EngineConfig
 from ..data.corpus import ImageRecord, MaskCorpus
+from ..stage3 import plan_shards
 
 
 def stage_split(pool: MaskCorpus, cfg: EngineConfig) -> dict[int, list[ImageRecord]]:
@@ -30,6 +31,8 @@ def shard_partitions(cfg: EngineConfig, n_images: int) -> list[str]:
 def shard_images(
     stage3: list[ImageRecord], cfg: EngineConfig, partition: str
 ) -> tuple[int, list[ImageRecord]]:
+    """(shard index, its images) of partition ``shard_NNNNN``: the stage-3 images in shards of
+    ``stages.images_per_shard`` by image id (:func:`sam_engine.stage3.plan_shards`)."""
     index = int(partition.split("_")[-1])
-    per = cfg.stages.images_per_shard
-    return index, stage3[index * per : (index + 1) * per]
+    plan = plan_shards(stage3, cfg.stages.images_per_shard)
+    return index, plan[index] if 0 <= index < len(plan) else []
