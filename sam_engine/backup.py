@@ -42,7 +42,8 @@ from typing import Any
 import duckdb
 
 from .io import atomic_write_json, sha256_file
-from .quality.store import LOCK_RETRY_CAP_S, QualityStore, StoreBusyError, request_turn, withdraw_turn_request
+from .quality.lease import LOCK_RETRY_CAP_S, StoreBusyError, request_turn, withdraw_turn_request
+from .quality.store import QualityStore
 
 FORMAT = "sam-engine-backup"
 FORMAT_VERSION = 1

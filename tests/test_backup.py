@@ -20,8 +20,10 @@ import pytest
 from sam_engine import backup as bk
 from sam_engine.data import rle as rle_utils
 from sam_engine.model_store import ModelStore
-from sam_engine.quality import store as store_mod
-from sam_engine.quality.store import SCHEMA_VERSION, QualityStore, StoreBusyError
+from sam_engine.quality import migrations as migrations_mod
+from sam_engine.quality.lease import StoreBusyError
+from sam_engine.quality.migrations import SCHEMA_VERSION
+from sam_engine.quality.store import QualityStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -394,10 +396,10 @@ def test_older_schema_migrates_after_restore_and_newer_is_refused(
     bk.restore(out, tmp_path / "r")
     v2 = SCHEMA_VERSION + 1
     migrations = [
-        *store_mod.MIGRATIONS,
+        *migrations_mod.MIGRATIONS,
         (v2, "test: masks.note", ["ALTER TABLE masks ADD COLUMN note VARCHAR"]),
     ]
-    monkeypatch.setattr(store_mod, "MIGRATIONS", migrations)
+    monkeypatch.setattr(migrations_mod, "MIGRATIONS", migrations)
     with QualityStore(tmp_path / "r" / "quality.duckdb") as store:
         assert store.schema_version == v2
         rows = store.query("SELECT mask_id, note FROM masks ORDER BY mask_id")

@@ -27,7 +27,8 @@ from sam_engine.annotation import auth as auth_mod
 from sam_engine.annotation import server as server_mod
 from sam_engine.annotation.protocol import Unauthorized
 from sam_engine.data import rle as rle_utils
-from sam_engine.quality.store import QualityStore, hash_secret, make_token, split_token
+from sam_engine.quality.store import QualityStore
+from sam_engine.quality.tokens import hash_secret, make_token, split_token
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"

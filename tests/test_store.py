@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 
 from sam_engine.data import rle as rle_utils
 from sam_engine.data.errors import DataError
-from sam_engine.quality import store as store_module
-from sam_engine.quality.store import SCHEMA_VERSION, QualityStore, hash_secret
+from sam_engine.quality import lease, migrations
+from sam_engine.quality.migrations import SCHEMA_VERSION
+from sam_engine.quality.store import QualityStore
+from sam_engine.quality.tokens import hash_secret
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,7 +88,7 @@ def test_schema_version_recorded_once(tmp_path: Path) -> None:
 def test_new_migration_is_applied_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     QualityStore(tmp_path / "q.duckdb").close()
     extra = (SCHEMA_VERSION + 1, "add a note column", ["ALTER TABLE masks ADD COLUMN note VARCHAR"])
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, extra])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, extra])
     s = QualityStore(tmp_path / "q.duckdb")
     assert s.schema_version == SCHEMA_VERSION + 1
     assert "note" in set(s.query("DESCRIBE masks")["column_name"])
@@ -384,7 +386,8 @@ def test_reader_gives_up_clearly_when_writer_never_releases(tmp_path: Path) -> N
     db = tmp_path / "q.duckdb"
     writer = QualityStore(db)  # idle_release_s=None: holds the file
     code = f"""
-        from sam_engine.quality.store import connect_read_only, StoreBusyError
+        from sam_engine.quality.lease import StoreBusyError
+        from sam_engine.quality.store import connect_read_only
         try:
             connect_read_only({str(db)!r}, lock_timeout_s=0.3)
         except StoreBusyError as e:
@@ -424,7 +427,8 @@ def _busy(writer: QualityStore, stop: threading.Event, done: list[int], errors: 
 
 
 _READ_PASS = """
-    from sam_engine.quality.store import StoreBusyError, connect_read_only
+    from sam_engine.quality.lease import StoreBusyError
+    from sam_engine.quality.store import connect_read_only
     try:
         with connect_read_only({db!r}, lock_timeout_s={timeout}) as r, r.transaction():  # one turn, one state
             print("read", len(r.masks()), len(r.events()), len(r.images()))
@@ -483,10 +487,10 @@ def test_max_hold_writer_keeps_the_file_when_nobody_asks(tmp_path: Path) -> None
 def test_own_turn_request_is_not_mistaken_for_another_process(tmp_path: Path) -> None:
     db = tmp_path / "q.duckdb"
     writer = QualityStore(db, max_hold_s=0.1)
-    writer._own_request_ns = store_module.request_turn(db)  # as after waiting for the file itself
+    writer._own_request_ns = lease.request_turn(db)  # as after waiting for the file itself
     assert not writer._turn_requested()
     time.sleep(0.01)
-    store_module.request_turn(db)  # another process asks
+    lease.request_turn(db)  # another process asks
     assert writer._turn_requested()
     writer.close()
 
@@ -495,7 +499,7 @@ def test_own_turn_request_is_not_mistaken_for_another_process(tmp_path: Path) ->
     "kwargs",
     [
         {"max_hold_s": 0.0},
-        {"max_hold_s": 1.0, "yield_s": store_module.LOCK_RETRY_CAP_S},
+        {"max_hold_s": 1.0, "yield_s": lease.LOCK_RETRY_CAP_S},
         {"max_hold_s": 1.0, "yield_s": 0.0},
     ],
 )

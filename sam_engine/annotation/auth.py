@@ -11,7 +11,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from sam_engine.quality.store import QualityStore, hash_secret, split_token
+from sam_engine.quality.store import QualityStore
+from sam_engine.quality.tokens import hash_secret, split_token
 
 from .protocol import Forbidden, Unauthorized
 

@@ -37,7 +37,8 @@ from starlette.concurrency import run_in_threadpool
 
 from sam_engine.data import rle as rle_utils
 from sam_engine.data.errors import DataError
-from sam_engine.quality.store import QualityStore, StoreBusyError
+from sam_engine.quality.lease import StoreBusyError
+from sam_engine.quality.store import QualityStore
 
 from .auth import Principal, authenticate, bearer_token
 from .protocol import (
