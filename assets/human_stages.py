@@ -8,12 +8,13 @@ from assets.resources import EngineResource
 from sam_engine.engine import human_stage, pseudo_labels, semi_automatic, training_data
 from sam_engine.engine.splits import stage_split
 from sam_engine.model_store import ModelRef
+from sam_engine.quality.store import QualityStore
 from sam_engine.visualize import grid, markdown_image, overlay
 
 GROUP1, GROUP2 = "stage1_assisted_manual", "stage2_semi_automatic"
 
 
-def _stage_summary(store, stage: int, gold_ids: set[int]) -> dict:
+def _stage_summary(store: QualityStore, stage: int, gold_ids: set[int]) -> dict:
     df = training_data.stage_masks_frame(store, stage, gold_ids)
     human = store.masks(stage=stage, status="accepted")
     human = human[(human["source"] == "human") & ~human["image_id"].isin(gold_ids)] if len(human) else human
@@ -27,7 +28,7 @@ def _stage_summary(store, stage: int, gold_ids: set[int]) -> dict:
     }
 
 
-def _preview(ws, store, stage: int, n: int = 6) -> str:
+def _preview(ws, store: QualityStore, stage: int, n: int = 6) -> str:
     df = training_data.stage_masks_frame(store, stage, {im.image_id for im in ws.gold.images})
     if not len(df):
         return "_no masks yet_"

@@ -23,12 +23,15 @@ import heapq
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .data import rle as rle_utils
+
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
 
 ACCEPT, REVIEW, DISCARD = "accept", "review", "discard"
 
@@ -139,7 +142,7 @@ def proposal_prompt(proposal: Mapping[str, Any]) -> dict | None:
 
 
 def commit_proposals(
-    store: Any,
+    store: QualityStore,
     image_id: int,
     proposals: Sequence[Mapping[str, Any]],
     *,
@@ -205,7 +208,7 @@ def commit_proposals(
 
 
 def store_coverage(
-    store: Any, image_sizes: Mapping[int, tuple[int, int]], stage: int | None = None
+    store: QualityStore, image_sizes: Mapping[int, tuple[int, int]], stage: int | None = None
 ) -> pd.Series:
     """Coverage by accepted masks (of ``stage``, or all stages) of each image in ``image_sizes``
     (image_id -> (height, width)), as a Series indexed by image id."""

@@ -9,9 +9,12 @@ covers yet and gives them to ``NAME`` as pending tasks of ``--stage`` (default 1
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .queue import ANNOTATION_KINDS, Annotator, ImageItem, QueueConfig, open_load, plan_tasks
+
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
 
 POOL_SOURCE = "pool"  # the images' source the annotation server resolves to the pool's image folder
 
@@ -20,7 +23,7 @@ class AssignError(ValueError):
     """The assignment cannot be made (an unknown or inactive annotator, nothing left to assign)."""
 
 
-def register_pool(store: Any, records: Iterable[Any]) -> int:
+def register_pool(store: QualityStore, records: Iterable[Any]) -> int:
     """Add the pool's image records (``image_id``, ``file_name``, ``width``, ``height``, ``region``) that the
     store does not have yet; returns how many were added. Images already there keep their rows."""
     known = set(store.images()["image_id"].astype(int)) if len(store.images()) else set()
@@ -41,7 +44,7 @@ def register_pool(store: Any, records: Iterable[Any]) -> int:
     return len(rows)
 
 
-def unassigned_pool_images(store: Any) -> list[int]:
+def unassigned_pool_images(store: QualityStore) -> list[int]:
     """Pool images in the store (by id) that no annotation task (annotate / complete) covers, in any status."""
     images = store.images()
     if not len(images):
@@ -57,7 +60,7 @@ def unassigned_pool_images(store: Any) -> list[int]:
 
 
 def assign_images(
-    store: Any, annotator_id: str, n: int, *, stage: int = 1, image_ids: Sequence[int] | None = None
+    store: QualityStore, annotator_id: str, n: int, *, stage: int = 1, image_ids: Sequence[int] | None = None
 ) -> list[int]:
     """Create ``n`` pending annotation tasks for ``annotator_id`` on unassigned pool images (or on
     ``image_ids``); returns the new task ids."""

@@ -21,13 +21,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from ..data import rle as rle_utils
+
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class ConsensusReport:
 
 
 def run_consensus(
-    store: Any,
+    store: QualityStore,
     stage: int,
     *,
     weights: Mapping[Any, float] | None = None,
@@ -249,14 +252,14 @@ def run_consensus(
     return report
 
 
-def _consensus_images(store: Any, stage: int) -> list[int]:
+def _consensus_images(store: QualityStore, stage: int) -> list[int]:
     df = store.masks(stage=stage, status=None)
     if not len(df):
         return []
     return sorted(set(df.loc[df["source"] == "consensus", "image_id"].astype(int)))
 
 
-def resolved_masks(store: Any, stage: int) -> pd.DataFrame:
+def resolved_masks(store: QualityStore, stage: int) -> pd.DataFrame:
     """The stage's accepted masks with overlap images resolved: consensus masks where an image has them,
     the human / model masks otherwise (what a training set should read)."""
     df = store.masks(stage=stage, status="accepted")

@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..data import rle as rle_utils
 from ..data.corpus import MaskCorpus
+
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
 
 # (lower IoU bound, message), best first.
 FEEDBACK_BANDS: tuple[tuple[float, str], ...] = (
@@ -98,7 +101,7 @@ class GoldStandard:
 
     def score(
         self,
-        store: Any,
+        store: QualityStore,
         *,
         mask_id: Any,
         image_id: int,
@@ -113,7 +116,7 @@ class GoldStandard:
         _record(store, annotator_id, mask_id, gold_id, iou)
         return GoldFeedback(mask_id, gold_id, iou, iou >= PASS_IOU, feedback_message(iou))
 
-    def score_task(self, store: Any, task_id: Any) -> list[GoldFeedback]:
+    def score_task(self, store: QualityStore, task_id: Any) -> list[GoldFeedback]:
         """Score every mask committed for honeypot task ``task_id`` that has no gold score yet."""
         task = store.get_task(task_id)
         if task is None:
@@ -161,7 +164,7 @@ def first_positive_point(prompt: Any) -> tuple[float, float] | None:
     return None
 
 
-def _record(store: Any, annotator_id: Any, mask_id: Any, gold_ann_id: Any, iou: float) -> None:
+def _record(store: QualityStore, annotator_id: Any, mask_id: Any, gold_ann_id: Any, iou: float) -> None:
     store.add_gold_score(
         annotator_id=None if annotator_id is None else str(annotator_id),
         mask_id=None if mask_id is None else int(mask_id),

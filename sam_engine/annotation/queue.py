@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ..quality.store import QualityStore
 
 ANNOTATION_KINDS = ("annotate", "complete")
 
@@ -212,12 +215,12 @@ def _frame(obj: Any) -> pd.DataFrame:
     return obj if isinstance(obj, pd.DataFrame) else pd.DataFrame(list(obj))
 
 
-def open_load(store: Any, annotator_id: str) -> int:
+def open_load(store: QualityStore, annotator_id: str) -> int:
     """Open (pending + in-progress) tasks of one annotator."""
     return sum(len(_frame(store.tasks_for(annotator_id, status=s))) for s in ("pending", "in_progress"))
 
 
-def _annotators(store: Any, roles: Iterable[str]) -> list[Annotator]:
+def _annotators(store: QualityStore, roles: Iterable[str]) -> list[Annotator]:
     df = _frame(store.annotators())
     if not len(df):
         return []
@@ -242,7 +245,7 @@ def _annotators(store: Any, roles: Iterable[str]) -> list[Annotator]:
     return sorted(out, key=lambda a: a.annotator_id)
 
 
-def _regions(store: Any, image_ids: Sequence[int]) -> dict[int, str | None]:
+def _regions(store: QualityStore, image_ids: Sequence[int]) -> dict[int, str | None]:
     df = _frame(store.images())
     if not len(df):
         return {}
@@ -253,7 +256,7 @@ def _regions(store: Any, image_ids: Sequence[int]) -> dict[int, str | None]:
 
 
 def create_stage_tasks(
-    store: Any,
+    store: QualityStore,
     stage: int,
     image_ids: Sequence[int],
     *,
@@ -292,7 +295,7 @@ def create_stage_tasks(
 
 
 def create_review_tasks(
-    store: Any,
+    store: QualityStore,
     items: Sequence[int] | Sequence[tuple[int, Any]],
     *,
     stage: int,

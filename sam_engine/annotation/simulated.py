@@ -26,7 +26,7 @@ import json
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -35,6 +35,9 @@ from scipy import ndimage
 from ..data import rle as rle_utils
 from ..evaluation.clicks import next_click
 from .timing import DEFAULT_TIME_MODEL, TimeModel
+
+if TYPE_CHECKING:
+    from ..quality.store import QualityStore
 
 
 class Session(Protocol):
@@ -371,7 +374,7 @@ class SimulatedAnnotator:
         annotator_id: Any,
         profile: AnnotatorProfile,
         service: Any,
-        store: Any,
+        store: QualityStore,
         ground_truth: GroundTruth,
         *,
         seed: int = 0,
@@ -514,7 +517,7 @@ class SimulatedReviewer:
     def __init__(
         self,
         reviewer_id: str,
-        store: Any,
+        store: QualityStore,
         ground_truth: GroundTruth,
         policy: ReviewPolicy | None = None,
         time_model: TimeModel = DEFAULT_TIME_MODEL,

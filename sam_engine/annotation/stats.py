@@ -9,13 +9,16 @@ a consensus). Every table leaving this module is checked against :data:`ANNOTATO
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from ..data import rle as rle_utils
+
+if TYPE_CHECKING:
+    from ..quality.store import QualityStore
 
 _unit = pa.Check.in_range(0.0, 1.0)
 
@@ -126,7 +129,7 @@ def compute_annotator_stats(
     return ANNOTATOR_STATS_SCHEMA.validate(out)
 
 
-def annotator_stats(store: Any, *, by: Period = None, stage: int | None = None) -> pd.DataFrame:
+def annotator_stats(store: QualityStore, *, by: Period = None, stage: int | None = None) -> pd.DataFrame:
     """The stats table read from a :class:`~sam_engine.quality.store.QualityStore`.
 
     Counts every human mask that was not reverted (accepted, pending review, rejected or superseded: the work

@@ -7,7 +7,7 @@ session API the browser uses; with ``"human"`` the functions only collect what p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..annotation.consensus import ConsensusConfig, run_consensus
 from ..annotation.gold import GoldStandard, annotator_weights
@@ -21,8 +21,11 @@ from .annotators import ensure_annotators
 from .models import version_predictor
 from .workspace import Workspace
 
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
 
-def register_images(store, records: list[ImageRecord], split: str, source: str) -> None:
+
+def register_images(store: QualityStore, records: list[ImageRecord], split: str, source: str) -> None:
     store.add_images(
         [
             {
@@ -41,7 +44,7 @@ def register_images(store, records: list[ImageRecord], split: str, source: str) 
 
 def create_tasks(
     ws: Workspace,
-    store,
+    store: QualityStore,
     stage: int,
     images: list[ImageRecord],
     *,
@@ -148,7 +151,7 @@ def _independent_runs(jobs: list[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]
     return runs
 
 
-def review_stage(ws: Workspace, store, stage: int, model: ModelRef | None = None) -> int:
+def review_stage(ws: Workspace, store: QualityStore, stage: int, model: ModelRef | None = None) -> int:
     """Simulated reviewers work the stage's open review tasks; returns the number of verdicts. With
     ``model`` they fix with its clicks from each mask's stored prompt before tracing one by hand."""
     gt = ws.ground_truth()
@@ -174,7 +177,9 @@ def review_stage(ws: Workspace, store, stage: int, model: ModelRef | None = None
     return n
 
 
-def consolidate(ws: Workspace, store, stage: int, model: ModelRef | None = None) -> dict[str, Any]:
+def consolidate(
+    ws: Workspace, store: QualityStore, stage: int, model: ModelRef | None = None
+) -> dict[str, Any]:
     """Consensus over overlapping images (weighted by gold accuracy), then review of flagged masks (fixed
     with ``model``'s clicks where it has one, :func:`review_stage`)."""
     weights = annotator_weights(store.gold_scores())

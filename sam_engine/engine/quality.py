@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ..quality.store import QualityStore
+
 
 STAGE_COLUMNS = [
     "stage",
@@ -25,7 +30,7 @@ STAGE_COLUMNS = [
 
 
 def quality_by_stage(
-    store,
+    store: QualityStore,
     shards: list[dict] | None = None,
     gold_ids: set[int] | frozenset = frozenset(),
     ground_truth: dict[int, list[dict]] | None = None,
@@ -113,7 +118,7 @@ def _matched(rles: list[dict], gt_rles: list[dict], iou: float = 0.9) -> int:
 
 def region_coverage(
     pool_regions: dict[int, str | None],
-    store,
+    store: QualityStore,
     shards: list[dict] | None = None,
     shard_image_ids: list[int] | None = None,
 ) -> pd.DataFrame:

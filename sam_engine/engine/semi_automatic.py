@@ -4,7 +4,7 @@ what it missed on images chosen by the diversity sampler (low confidence, under-
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from tqdm import tqdm
@@ -16,10 +16,13 @@ from .human_stage import register_images
 from .models import amg_params, stored_evaluation
 from .workspace import Workspace
 
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
+
 
 def propose(
     ws: Workspace,
-    store,
+    store: QualityStore,
     images: list[ImageRecord],
     model: ModelRef,
     log_fn: Callable[[str], None] | None = None,
@@ -134,7 +137,7 @@ def _save_proposal_log(ws: Workspace, df: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def choose_for_completion(ws: Workspace, store, proposals: pd.DataFrame) -> list[int]:
+def choose_for_completion(ws: Workspace, store: QualityStore, proposals: pd.DataFrame) -> list[int]:
     """The diversity sampler's pick of stage-2 images for human completion (best first)."""
     masks = store.masks(status="accepted")
     region_of = {im.image_id: im.region for im in ws.pool.images}

@@ -4,6 +4,8 @@ shards with stages 1-2)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from ..annotation.consensus import resolved_masks
@@ -11,8 +13,13 @@ from ..data import rle as rle_utils
 from ..data.corpus import MaskCorpus
 from .workspace import Workspace
 
+if TYPE_CHECKING:
+    from sam_engine.quality.store import QualityStore
 
-def stage_masks_frame(store, stage: int, gold_ids: set[int], people_only: bool = False) -> pd.DataFrame:
+
+def stage_masks_frame(
+    store: QualityStore, stage: int, gold_ids: set[int], people_only: bool = False
+) -> pd.DataFrame:
     """The stage's accepted, consensus-resolved masks on pool images (honeypot work excluded); with
     ``people_only``, without the model's proposals (``source='model'``, accepted automatically or in review)."""
     df = resolved_masks(store, stage)
