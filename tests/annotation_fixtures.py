@@ -349,3 +349,8 @@ def _serve_main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     _serve_main()
+
+
+def auth_header(world: World, name: str) -> dict:
+    """The bearer-token header of ``name`` (alice, bob, rita, adam) in ``world``."""
+    return {"Authorization": f"Bearer {world.tokens[name]}"}

@@ -1,4 +1,5 @@
-"""Shared fixtures: a smoke-profile config in a temp data folder, and its generated corpora."""
+"""Shared fixtures: a smoke-profile config in a temp data folder and its generated corpora, the annotation
+server's small world (store, images, annotators with tokens), the engine run of the browser tests."""
 
 from __future__ import annotations
 
@@ -35,6 +36,17 @@ def smoke_data_dir(smoke_cfg, smoke_corpora, tmp_path):
     data.mkdir()
     (data / "corpora").symlink_to(smoke_cfg.data_dir / "corpora")
     return data
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A small annotation world (``annotation_fixtures.make_world``): a store with images, tasks and
+    annotators of each role, the images on disk; the store is closed afterwards."""
+    from annotation_fixtures import make_world
+
+    w = make_world(tmp_path / "world")
+    yield w
+    w.store.close()
 
 
 @pytest.fixture

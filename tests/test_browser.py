@@ -13,7 +13,6 @@ from annotation_fixtures import (
     ServerThread,
     World,
     build_app,
-    make_world,
     pending_proposal,
 )
 from browser_support import BROWSER_MARKS, launch
@@ -32,13 +31,6 @@ def browser():
         b = launch(pw)
         yield b
         b.close()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = make_world(tmp_path)
-    yield w
-    w.store.close()
 
 
 @pytest.fixture

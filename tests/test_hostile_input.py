@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotation_fixtures import FakePredictor, World, build_app, make_world
+from annotation_fixtures import FakePredictor, World, auth_header, build_app
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 from rle_support import counts_string
@@ -351,17 +351,6 @@ def test_rle_runs_past_the_image_are_quarantined_by_the_sa1b_reader(tmp_path: Pa
     assert [(e.record, e.field) for e in q.errors] == [(8, "segmentation.counts")]
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = make_world(tmp_path)
-    yield w
-    w.store.close()
-
-
-def _auth(world: World, name: str) -> dict:
-    return {"Authorization": f"Bearer {world.tokens[name]}"}
-
-
 def test_rle_runs_past_the_image_are_refused_by_the_store_and_the_review_endpoint(world: World) -> None:
     h, w = 96, 128
     bad = {"size": [h, w], "counts": counts_string([h * w - 4, 2**40])}
@@ -396,7 +385,7 @@ def test_rle_runs_past_the_image_are_refused_by_the_store_and_the_review_endpoin
         for fixed in (bad, {"size": [h, w], "counts": [0, h * w + 1]}):
             r = client.post(
                 f"/api/review/{mid}",
-                headers=_auth(world, "rita"),
+                headers=auth_header(world, "rita"),
                 json={"verdict": "fix", "fixed_rle": fixed},
             )
             assert r.status_code == 400, r.text
@@ -541,7 +530,7 @@ def test_unicode_file_names_work_everywhere(tmp_path: Path, world: World) -> Non
     )
     app, service = build_app(world.store, world.images_dir)
     with TestClient(app) as client:
-        r = client.get("/api/images/50", headers=_auth(world, "adam"))
+        r = client.get("/api/images/50", headers=auth_header(world, "adam"))
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (30, 20)
     service.close()
 
@@ -630,7 +619,7 @@ def test_image_endpoint_refuses_paths_outside_the_dataset_folder(world: World, t
     app, service = build_app(world.store, world.images_dir)
     with TestClient(app) as client:
         for r in rows:
-            resp = client.get(f"/api/images/{r['image_id']}", headers=_auth(world, "adam"))
+            resp = client.get(f"/api/images/{r['image_id']}", headers=auth_header(world, "adam"))
             assert resp.status_code == 403, (r, resp.text)
             assert resp.content != secret_bytes
         for url in (
@@ -639,7 +628,7 @@ def test_image_endpoint_refuses_paths_outside_the_dataset_folder(world: World, t
             "/static/../server.py",
             "/static/%2e%2e/server.py",
         ):
-            resp = client.get(url, headers=_auth(world, "adam"))
+            resp = client.get(url, headers=auth_header(world, "adam"))
             assert resp.status_code in (404, 422), (url, resp.status_code)
             assert b"create_app" not in resp.content
     service.close()

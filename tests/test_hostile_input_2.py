@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from annotation_fixtures import World, build_app, make_world
+from annotation_fixtures import World, auth_header, build_app
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -216,17 +216,6 @@ def fifo():
         os.close(fd)
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = make_world(tmp_path / "world")
-    yield w
-    w.store.close()
-
-
-def _auth(world: World, name: str) -> dict:
-    return {"Authorization": f"Bearer {world.tokens[name]}"}
-
-
 # =============================================================== 1. RLE text pycocotools reads otherwise
 def test_the_crafted_counts_fool_an_exact_reader_but_not_pycocotools() -> None:
     s = crafted(H, W)
@@ -315,7 +304,9 @@ def test_crafted_counts_are_refused_by_the_store_and_the_review_api(world: World
     app, service = build_app(world.store, world.images_dir)
     with TestClient(app) as client:
         r = client.post(
-            f"/api/review/{mid}", headers=_auth(world, "rita"), json={"verdict": "fix", "fixed_rle": imported}
+            f"/api/review/{mid}",
+            headers=auth_header(world, "rita"),
+            json={"verdict": "fix", "fixed_rle": imported},
         )
         assert r.status_code == 400 and "segmentation.counts" in r.json()["detail"], r.text
     service.close()
@@ -516,7 +507,7 @@ BAD_JSON_BODIES = {
 @pytest.mark.parametrize("body", list(BAD_JSON_BODIES.values()), ids=list(BAD_JSON_BODIES))
 def test_non_standard_json_in_a_request_body_is_a_400_never_a_500(world: World, body: str, caplog) -> None:
     app, service = build_app(world.store, world.images_dir)
-    headers = _auth(world, "adam") | {"content-type": "application/json"}
+    headers = auth_header(world, "adam") | {"content-type": "application/json"}
     posts = {
         "/api/review/1": body,
         "/api/tasks/1/skip": body.replace('"verdict": "accept", ', "").replace('"verdict": "fix", ', ""),
@@ -537,7 +528,7 @@ def test_a_wrongly_typed_body_is_still_a_readable_422(world: World) -> None:
     app, service = build_app(world.store, world.images_dir)
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.post(
-            "/api/review/1", headers=_auth(world, "rita"), json={"verdict": "accept", "task_id": 1.5}
+            "/api/review/1", headers=auth_header(world, "rita"), json={"verdict": "accept", "task_id": 1.5}
         )
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "task_id"]
     service.close()
@@ -820,7 +811,7 @@ def test_annotators_get_the_same_404_for_other_peoples_ids_and_missing_ids(world
         seconds=1.0,
     )
     app, service = build_app(world.store, world.images_dir)
-    h = _auth(world, "alice")
+    h = auth_header(world, "alice")
     requests = [
         ("GET", "/api/tasks/{}", bobs_task, 999_999),
         ("POST", "/api/tasks/{}/done", bobs_task, 999_999),
@@ -889,7 +880,7 @@ def test_the_session_refuses_strings_and_booleans_as_coordinates() -> None:
 
 def test_http_bodies_refuse_strings_and_booleans_for_numbers(world: World) -> None:
     app, service = build_app(world.store, world.images_dir)
-    h = _auth(world, "rita")
+    h = auth_header(world, "rita")
     bodies = [
         {"verdict": "accept", "task_id": "1"},
         {"verdict": "accept", "task_id": True},

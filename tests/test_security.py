@@ -60,13 +60,6 @@ SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DEN
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = make_world(tmp_path)
-    yield w
-    w.store.close()
-
-
-@pytest.fixture
 def app_client(world: World):
     app, service = build_app(world.store, world.images_dir, rate_limit=(1000.0, 1000))
     with TestClient(app) as client:

@@ -17,6 +17,7 @@ import pytest
 from annotation_fixtures import (
     RefiningFakePredictor,
     World,
+    auth_header,
     build_app,
     free_port,
     make_world,
@@ -37,22 +38,11 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = make_world(tmp_path)
-    yield w
-    w.store.close()
-
-
-@pytest.fixture
 def client(world: World) -> TestClient:
     app, service = build_app(world.store, world.images_dir, rate_limit=(1000.0, 1000))
     with TestClient(app) as c:
         yield c
     service.close()
-
-
-def auth(world: World, name: str) -> dict:
-    return {"Authorization": f"Bearer {world.tokens[name]}"}
 
 
 class Ws:
@@ -99,9 +89,9 @@ def test_http_requires_a_valid_token(client: TestClient, world: World) -> None:
     for bad in ("nonsense", "alice.wrongsecret", "mallory.abc", world.tokens["alice"] + "x", ""):
         assert client.get("/api/tasks", headers={"Authorization": f"Bearer {bad}"}).status_code == 401
     assert client.get("/api/tasks", headers={"Authorization": world.tokens["alice"]}).status_code == 401
-    assert client.get("/api/tasks", headers=auth(world, "alice")).status_code == 200
+    assert client.get("/api/tasks", headers=auth_header(world, "alice")).status_code == 200
     world.store.set_annotator_active("alice", False)
-    assert client.get("/api/tasks", headers=auth(world, "alice")).status_code == 401
+    assert client.get("/api/tasks", headers=auth_header(world, "alice")).status_code == 401
 
 
 def test_websocket_auth(client: TestClient, world: World) -> None:
@@ -120,7 +110,7 @@ def test_websocket_auth(client: TestClient, world: World) -> None:
 
 def test_annotator_cannot_touch_another_annotators_task(client: TestClient, world: World) -> None:
     bobs = world.tasks["bob"][0]
-    h = auth(world, "alice")
+    h = auth_header(world, "alice")
     # another's task or image answers as a missing one does (404), so ids cannot be probed
     assert client.get(f"/api/tasks/{bobs}", headers=h).status_code == 404
     assert client.post(f"/api/tasks/{bobs}/skip", headers=h, json={}).status_code == 404
@@ -129,7 +119,7 @@ def test_annotator_cannot_touch_another_annotators_task(client: TestClient, worl
     assert client.get(f"/api/images/{world.image_ids[-1]}", headers=h).status_code == 404  # only bob's image
     assert client.get(f"/api/tasks/{world.tasks['alice'][0]}", headers=h).status_code == 200
     assert client.get("/api/tasks/99999", headers=h).status_code == 404
-    listed = client.get("/api/tasks?annotator_id=bob", headers=auth(world, "adam")).json()["tasks"]
+    listed = client.get("/api/tasks?annotator_id=bob", headers=auth_header(world, "adam")).json()["tasks"]
     assert [t["task_id"] for t in listed] == sorted(world.tasks["bob"], key=lambda t: t)
     conn, ws = open_ws(client, world, "alice")
     try:
@@ -150,10 +140,13 @@ def test_roles_are_enforced(client: TestClient, world: World) -> None:
     ]
     for method, url, expected in cases:
         for name, status in expected.items():
-            assert getattr(client, method)(url, headers=auth(world, name)).status_code == status, (url, name)
+            assert getattr(client, method)(url, headers=auth_header(world, name)).status_code == status, (
+                url,
+                name,
+            )
     body = {"name": "zoe", "role": "admin"}
-    assert client.post("/api/annotators", json=body, headers=auth(world, "rita")).status_code == 403
-    r = client.post("/api/annotators", json=body, headers=auth(world, "adam"))
+    assert client.post("/api/annotators", json=body, headers=auth_header(world, "rita")).status_code == 403
+    r = client.post("/api/annotators", json=body, headers=auth_header(world, "adam"))
     assert r.status_code == 200
     assert (
         client.get("/api/me", headers={"Authorization": f"Bearer {r.json()['token']}"}).json()["role"]
@@ -174,7 +167,7 @@ def test_images_only_from_dataset_folders(client: TestClient, world: World, tmp_
         {"image_id": 105, "file_name": "missing.png", "width": 4, "height": 4, "source": "pool"},
     ]
     world.store.add_images(rows)
-    h = auth(world, "adam")
+    h = auth_header(world, "adam")
     for image_id, status in ((101, 403), (102, 403), (103, 403), (104, 403), (105, 404), (999, 404)):
         r = client.get(f"/api/images/{image_id}", headers=h)
         assert r.status_code == status, (image_id, r.text)
@@ -254,9 +247,9 @@ def test_rate_limit_per_connection(world: World) -> None:
 def test_http_body_limit_and_closed_cors(world: World) -> None:
     app, service = build_app(world.store, world.images_dir, max_body_bytes=1000)
     with TestClient(app) as c:
-        r = c.post("/api/masks/1/comment", headers=auth(world, "adam"), content=b"x" * 5000)
+        r = c.post("/api/masks/1/comment", headers=auth_header(world, "adam"), content=b"x" * 5000)
         assert r.status_code == 413
-        r = c.get("/api/tasks", headers=auth(world, "alice") | {"Origin": "http://evil.example"})
+        r = c.get("/api/tasks", headers=auth_header(world, "alice") | {"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in r.headers
         pre = c.options(
             "/api/tasks", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
@@ -378,20 +371,23 @@ def test_history_and_revert_permissions(client: TestClient, world: World) -> Non
         keep_id = _click_accept(ws, world, 1, "square", "h2")["mask_id"]
     finally:
         conn.__exit__(None, None, None)
-    h = client.get(f"/api/masks/{mask_id}/history", headers=auth(world, "alice")).json()
+    h = client.get(f"/api/masks/{mask_id}/history", headers=auth_header(world, "alice")).json()
     assert [e["kind"] for e in h["events"]] == ["commit"] and h["next_revert"]["kind"] == "commit"
-    assert client.get(f"/api/masks/{mask_id}/history", headers=auth(world, "bob")).status_code == 404
-    assert client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "bob")).status_code == 404
-    r = client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "alice"))
+    assert client.get(f"/api/masks/{mask_id}/history", headers=auth_header(world, "bob")).status_code == 404
+    assert client.post(f"/api/masks/{mask_id}/revert", headers=auth_header(world, "bob")).status_code == 404
+    r = client.post(f"/api/masks/{mask_id}/revert", headers=auth_header(world, "alice"))
     assert r.status_code == 200 and world.store.get_mask(mask_id)["status"] == "reverted"
-    assert client.post(f"/api/masks/{mask_id}/revert", headers=auth(world, "alice")).status_code == 404
+    assert client.post(f"/api/masks/{mask_id}/revert", headers=auth_header(world, "alice")).status_code == 404
     # a reviewer's verdict cannot be undone by the annotator, but by the reviewer
     review = {"verdict": "reject", "comment": "spills over"}
-    assert client.post(f"/api/review/{keep_id}", json=review, headers=auth(world, "rita")).status_code == 200
-    assert client.post(f"/api/masks/{keep_id}/revert", headers=auth(world, "alice")).status_code == 403
-    assert client.post(f"/api/masks/{keep_id}/revert", headers=auth(world, "rita")).status_code == 200
+    assert (
+        client.post(f"/api/review/{keep_id}", json=review, headers=auth_header(world, "rita")).status_code
+        == 200
+    )
+    assert client.post(f"/api/masks/{keep_id}/revert", headers=auth_header(world, "alice")).status_code == 403
+    assert client.post(f"/api/masks/{keep_id}/revert", headers=auth_header(world, "rita")).status_code == 200
     assert world.store.get_mask(keep_id)["status"] == "accepted"
-    events = client.get(f"/api/masks/{keep_id}/history", headers=auth(world, "rita")).json()["events"]
+    events = client.get(f"/api/masks/{keep_id}/history", headers=auth_header(world, "rita")).json()["events"]
     assert [(e["kind"], e["reverted"]) for e in events] == [
         ("commit", False),
         ("review_reject", True),
@@ -418,12 +414,12 @@ def test_review_verdicts_over_http_and_websocket(client: TestClient, world: Worl
         )
         for _ in range(4)
     ]
-    queue = client.get("/api/review/queue", headers=auth(world, "rita")).json()["items"]
+    queue = client.get("/api/review/queue", headers=auth_header(world, "rita")).json()["items"]
     assert {i["mask_id"] for i in queue} >= set(ids)
-    h = auth(world, "rita")
+    h = auth_header(world, "rita")
     assert (
         client.post(
-            f"/api/review/{ids[0]}", json={"verdict": "accept"}, headers=auth(world, "alice")
+            f"/api/review/{ids[0]}", json={"verdict": "accept"}, headers=auth_header(world, "alice")
         ).status_code
         == 403
     )
@@ -476,7 +472,8 @@ def test_review_fix_starts_from_the_proposals_stored_prompt(client: TestClient, 
     with_prompt = pending_proposal(store, 1, cut, point)
     without, elsewhere = pending_proposal(store, 1, cut), pending_proposal(store, 2, cut, point)
     queue = {
-        i["mask_id"]: i for i in client.get("/api/review/queue", headers=auth(world, "rita")).json()["items"]
+        i["mask_id"]: i
+        for i in client.get("/api/review/queue", headers=auth_header(world, "rita")).json()["items"]
     }
     assert queue[with_prompt]["has_prompt"] and not queue[without]["has_prompt"]
     conn, ws = open_ws(client, world, "rita")
@@ -515,7 +512,7 @@ def test_exports_decode_with_pycocotools(client: TestClient, world: World, tmp_p
         _click_accept(ws, world, 2, "disc", "e-2")
     finally:
         conn.__exit__(None, None, None)
-    coco = client.get("/api/export/coco", headers=auth(world, "adam")).json()
+    coco = client.get("/api/export/coco", headers=auth_header(world, "adam")).json()
     path = tmp_path / "export.json"
     path.write_text(json.dumps(coco))
     api = COCO(str(path))
@@ -525,7 +522,7 @@ def test_exports_decode_with_pycocotools(client: TestClient, world: World, tmp_p
         assert m.sum() == ann["area"] and any(
             np.array_equal(m, world.objects[1][o]) for o in ("disc", "square")
         )
-    records = client.get("/api/export/sa1b?image_id=2", headers=auth(world, "adam")).json()["records"]
+    records = client.get("/api/export/sa1b?image_id=2", headers=auth_header(world, "adam")).json()["records"]
     assert len(records) == 1 and records[0]["image"]["image_id"] == 2
     ann = records[0]["annotations"][0]
     seg = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
