@@ -374,6 +374,10 @@ def test_train_version_takes_the_distributed_path_when_settings_say_so(tmp_path,
     assert start == cfg.model.name and settings.distributed
     assert (settings.strategy, settings.devices, settings.accelerator) == ("ddp_spawn", 2, "cpu")
     assert kw["max_steps"] == cfg.train.max_steps and kw["batch_size"] == cfg.train.batch_size
+    from sam_engine.training.train import recipe_from_config
+
+    recipe = recipe_from_config(cfg.train)  # the interactive recipe: the same on both paths
+    assert {k: kw[k] for k in recipe} == recipe
     assert ref.data["steps"] == cfg.train.max_steps and ref.metrics["world_size"] == 2.0
     assert ref.mlflow_run_id is None and Path(ref.checkpoint).is_file()
 

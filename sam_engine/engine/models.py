@@ -128,7 +128,7 @@ def train_version(
                 f"{name}: distributed training, {settings.strategy} on {settings.devices} "
                 f"{settings.accelerator} device(s) x {settings.num_nodes} node(s)"
             )
-        dist = distributed.train_distributed(corpus, start, out_dir, settings=settings, **common)
+        dist = distributed.train_distributed(corpus, start, out_dir, settings=settings, **common, **recipe)
         checkpoint, steps, run_id, version = dist.checkpoint, dist.steps, None, None
         metrics: dict[str, Any] = {**dist.metrics, "world_size": dist.world_size}
     else:

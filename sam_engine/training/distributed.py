@@ -141,6 +141,12 @@ def train_distributed(
     weight_decay: float = 0.05,
     warmup_steps: int = 10,
     masks_per_image: int = 8,
+    prompts_per_mask: int = 2,
+    zoom_prob: float = 0.0,
+    schedule: dict[str, Any] | None = None,
+    loss_weights: dict[str, float] | None = None,
+    attention_init_gain: float | None = 3.0,
+    attention_init_both: bool = True,
     seed: int = 0,
     num_workers: int = 0,
     progress_bar: bool = False,
@@ -149,7 +155,9 @@ def train_distributed(
     ``out_dir/model.pt`` in the model package's format from rank 0.
 
     The lean path for scale-out: no validation loop, MLflow or resume (``train_model`` has those, on one
-    device). Gradients are averaged across processes by DDP, so every rank holds the same weights.
+    device). Gradients are averaged across processes by DDP, so every rank holds the same weights. The recipe
+    keywords (``masks_per_image`` … ``attention_init_both``) mean what they mean for ``train_model``, so both
+    paths train a version the same way (``recipe_from_config``).
     """
     settings = settings or ScaleSettings(accelerator="cpu", devices=2, strategy="ddp_spawn")
     out = Path(out_dir)
@@ -162,7 +170,12 @@ def train_distributed(
         weight_decay=weight_decay,
         warmup_steps=warmup_steps,
         max_steps=max_steps,
+        schedule=schedule,
+        loss_weights=loss_weights,
         seed=seed,
+        prompts_per_mask=prompts_per_mask,
+        attention_init_gain=attention_init_gain if start_state is None else None,
+        attention_init_both=attention_init_both,
     )
     if start_state is not None:
         module.model.load_state_dict(start_state)
@@ -175,6 +188,7 @@ def train_distributed(
         val_max_objects=0,
         seed=seed,
         num_workers=num_workers,
+        zoom_prob=zoom_prob,
     )
     trainer = L.Trainer(
         max_steps=max_steps,
