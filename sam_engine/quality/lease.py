@@ -1,7 +1,8 @@
 """The single-writer lease on a DuckDB file: which process holds the file, and how others get a turn.
 
 Single writer: DuckDB lets one process hold a file open for writing, and a read-only open from another process
-fails while it does (read-only opens share the file with each other). A :class:`LeasedDuckDB` respects that rule as follows:
+fails while it does (read-only opens share the file with each other). A :class:`LeasedDuckDB` (the quality
+store is one) respects that rule as follows:
 
 * the process that writes (the annotation server, or a Dagster step) owns the store. With
   ``idle_release_s=None`` it keeps the connection for its lifetime (fastest, exclusive). With
@@ -17,12 +18,12 @@ fails while it does (read-only opens share the file with each other). A :class:`
   seconds, longer than the waiting process's retry interval. So a store that is never idle (the annotation
   server under load: ``--max-hold-s``, default 2 s) still lets readers in, and one that nobody asks never
   pauses.
-* readers use :func:`connect_read_only`: a read-only store that keeps its connection for one short burst of
-  calls (released on ``close``, after :data:`READ_IDLE_RELEASE_S` idle seconds, or after ``burst_s`` when a
-  writer waits), so a quick read pass of a few queries takes one turn. A pass that must see one consistent
-  state runs inside ``reader.transaction()``, which is never interrupted (keep it short: the writer waits for
-  it). Alternatives while the server is busy: its ``/api/export/*`` endpoints, or a consistent copy from
-  :meth:`QualityStore.snapshot`.
+* readers use :func:`~sam_engine.quality.store.connect_read_only`: a read-only store that keeps its
+  connection for one short burst of calls (released on ``close``, after :data:`READ_IDLE_RELEASE_S` idle
+  seconds, or after ``burst_s`` when a writer waits), so a quick read pass of a few queries takes one turn.
+  A pass that must see one consistent state runs inside ``reader.transaction()``, which is never interrupted
+  (keep it short: the writer waits for it). Alternatives while the server is busy: its ``/api/export/*``
+  endpoints, or a consistent copy from :meth:`LeasedDuckDB.snapshot`.
 
 A process that cannot write next to the file cannot ask for a turn; it then waits for the holder to idle.
 

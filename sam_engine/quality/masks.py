@@ -30,7 +30,8 @@ _MASK_COLUMN_NAMES = frozenset(c.strip() for c in _MASK_COLUMNS.split(","))
 
 
 class MaskRecords(LeasedDuckDB):
-    """The ``masks``, ``events`` and ``reviews`` tables (a part of :class:`~sam_engine.quality.store.QualityStore`)."""
+    """The ``masks``, ``events`` and ``reviews`` tables (part of
+    :class:`~sam_engine.quality.store.QualityStore`)."""
 
     # ------------------------------------------------------------------------------------------ masks
     def commit_mask(

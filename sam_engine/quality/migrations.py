@@ -1,4 +1,4 @@
-"""The store's schema: apply the migrations of :mod:`sam_engine.quality.tables` a file lacks, check its version.
+"""The store's schema: apply the migrations of :mod:`sam_engine.quality.tables` a file lacks; check versions.
 
 Every migration newer than the file's ``schema_version`` is applied in one transaction when the store opens the
 file for writing; a read-only open needs the file at this code's version.
