@@ -124,8 +124,8 @@ def stage3_audit(context: AssetExecutionContext, engine: EngineResource, sa1b_sh
     description="Per annotator: masks, clicks per mask, seconds per mask, IoU on gold, agreement with consensus.",
 )
 def annotator_stats(context: AssetExecutionContext, engine: EngineResource):
-    from sam_engine.annotation.stats import ANNOTATOR_STATS_SCHEMA
-    from sam_engine.annotation.stats import annotator_stats as compute
+    from sam_engine.workforce.stats import ANNOTATOR_STATS_SCHEMA
+    from sam_engine.workforce.stats import annotator_stats as compute
 
     ws = workspace(engine)
     with ws.open_store(read_only=True) as store:

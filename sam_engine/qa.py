@@ -134,7 +134,7 @@ class VerdictCollector:
 class SimulatedQaJudge:
     """The QA check's stand-in for a person: judges a sampled shard mask good when its IoU with the
     best-matching ground-truth mask is at least ``threshold`` (the stages' reviewers, who fix masks, are
-    :class:`sam_engine.annotation.simulated.SimulatedReviewer`).
+    :class:`sam_engine.workforce.simulated.SimulatedReviewer`).
 
     ``ground_truth`` maps image id to a list of COCO RLEs (or annotations with a ``segmentation``).
     """

@@ -199,7 +199,7 @@ def commit_proposals(
         mask_ids=ids,
     )
     if create_reviews and ids[REVIEW]:
-        from .annotation.queue import create_review_tasks
+        from .workforce.queue import create_review_tasks
 
         report.review_task_ids = create_review_tasks(
             store, [(int(image_id), m) for m in ids[REVIEW]], stage=stage, roles=reviewer_roles, batch=batch

@@ -31,7 +31,7 @@ def pause_tar_writes(seconds: float, after_members: int = 1) -> None:
 
 def kill_after_finished_tasks(count: int) -> None:
     """SIGKILL this process right after the ``count``-th task a simulated annotator finishes (stored)."""
-    from sam_engine.annotation.simulated import SimulatedAnnotator
+    from sam_engine.workforce.simulated import SimulatedAnnotator
 
     finish = SimulatedAnnotator.finish
     finished = [0]

@@ -14,9 +14,9 @@ import pytest
 import torch
 from annotation_fixtures import FakePredictor, make_scene
 
-from sam_engine.annotation.simulated import PROFILES, AnnotatorProfile
 from sam_engine.evaluation.annotator_effort import main, measure_effort
 from sam_engine.evaluation.interactive import EvalObject
+from sam_engine.workforce.simulated import PROFILES, AnnotatorProfile
 
 torch.set_num_threads(1)
 

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam_engine.annotation.consensus import (
+from sam_engine.data import rle as rle_utils
+from sam_engine.workforce.consensus import (
     AnnotatorMask,
     ConsensusConfig,
     consensus_image,
     resolved_masks,
     run_consensus,
 )
-from sam_engine.annotation.simulated import seeded_rng
-from sam_engine.data import rle as rle_utils
+from sam_engine.workforce.simulated import seeded_rng
 
 H, W = 80, 100
 

@@ -13,8 +13,8 @@ from annotation_fixtures import ServerThread, build_app, make_world
 from browser_support import BROWSER_MARKS, launch
 
 from sam_engine.annotation.__main__ import main as annotation_cli
-from sam_engine.annotation.assign import AssignError, assign_images, unassigned_pool_images
 from sam_engine.data import rle as rle_utils
+from sam_engine.workforce.assign import AssignError, assign_images, unassigned_pool_images
 
 SCREENSHOT_DIR = Path(os.environ.get("SAM_ENGINE_SCREENSHOTS", "/tmp"))
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sam_engine.annotation.gold import (
+from sam_engine.data import rle as rle_utils
+from sam_engine.workforce.gold import (
     GoldStandard,
     annotator_weights,
     best_match,
@@ -14,7 +15,6 @@ from sam_engine.annotation.gold import (
     first_positive_point,
     gold_accuracy,
 )
-from sam_engine.data import rle as rle_utils
 
 H, W = 60, 80
 

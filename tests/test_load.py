@@ -5,7 +5,7 @@ materializes a DuckDB-reading asset from the same store.
   with random weights; latency and durability do not depend on the weights) in a subprocess on 127.0.0.1, with
   its default options. It is the only writer of the store.
 * Each annotator is a thread with its own token, two tasks on two smoke-sized pool scenes and a seeded think
-  time before every click and accept. It drives :class:`sam_engine.annotation.simulated.ClickWorker` (the
+  time before every click and accept. It drives :class:`sam_engine.workforce.simulated.ClickWorker` (the
   simulated annotators' click policy against hidden ground truth) through :class:`WsSession`, which turns every
   ``add_point`` / ``choose`` / ``reset`` into one WebSocket frame and its answer. It accepts 2 masks on its
   first task and 1 on its second (96 masks in all), each with its own request id, sends the last accept of each
@@ -209,8 +209,8 @@ def annotator_run(
     """One simulated annotator over one WebSocket; True when it finished its plan before the deadline."""
     from websockets.sync.client import connect
 
-    from sam_engine.annotation.simulated import PROFILES, ClickWorker, seeded_rng
     from sam_engine.evaluation.clicks import next_click
+    from sam_engine.workforce.simulated import PROFILES, ClickWorker, seeded_rng
 
     profiles = list(PROFILES.values())
     profile = profiles[int(name[3:]) % len(profiles)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sam_engine.annotation.queue import (
+from sam_engine.workforce.queue import (
     Annotator,
     ImageItem,
     QueueConfig,

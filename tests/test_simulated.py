@@ -13,7 +13,9 @@ from annotation_fixtures import pending_proposal
 from scipy import ndimage
 
 from sam_engine.annotation.session import SegmentationService
-from sam_engine.annotation.simulated import (
+from sam_engine.data import rle as rle_utils
+from sam_engine.evaluation.clicks import padded_distance
+from sam_engine.workforce.simulated import (
     AnnotatorProfile,
     ClickWorker,
     ReviewPolicy,
@@ -23,9 +25,7 @@ from sam_engine.annotation.simulated import (
     polygon_fix,
     seeded_rng,
 )
-from sam_engine.annotation.timing import DEFAULT_TIME_MODEL, TimeModel
-from sam_engine.data import rle as rle_utils
-from sam_engine.evaluation.clicks import padded_distance
+from sam_engine.workforce.timing import DEFAULT_TIME_MODEL, TimeModel
 
 H, W = 96, 128
 
@@ -256,7 +256,7 @@ def _gt_rles() -> list[dict]:
 
 
 def test_annotator_commits_through_the_store_and_honeypots_are_scored(store):
-    from sam_engine.annotation.gold import GoldStandard
+    from sam_engine.workforce.gold import GoldStandard
 
     gt = {1: _gt_rles(), 2: _gt_rles()}
     gold = GoldStandard({2: gt[2]})
@@ -421,11 +421,11 @@ def test_review_policy_rejects_bad_fix_settings():
 @pytest.mark.slow
 def test_workflow_end_to_end(tmp_path):
     """Queue with overlap and honeypots -> simulated annotators -> gold -> consensus -> review -> stats."""
-    from sam_engine.annotation.consensus import ConsensusConfig, run_consensus
-    from sam_engine.annotation.gold import GoldStandard, annotator_weights
-    from sam_engine.annotation.queue import QueueConfig, create_stage_tasks
-    from sam_engine.annotation.stats import annotator_stats
     from sam_engine.quality.store import QualityStore
+    from sam_engine.workforce.consensus import ConsensusConfig, run_consensus
+    from sam_engine.workforce.gold import GoldStandard, annotator_weights
+    from sam_engine.workforce.queue import QueueConfig, create_stage_tasks
+    from sam_engine.workforce.stats import annotator_stats
 
     pool, gold_ids = list(range(1, 9)), [101, 102, 103]
     gt_masks = {i: scene() for i in pool + gold_ids}

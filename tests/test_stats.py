@@ -9,13 +9,13 @@ import pandas as pd
 import pandera.errors
 import pytest
 
-from sam_engine.annotation.stats import (
+from sam_engine.data import rle as rle_utils
+from sam_engine.workforce.stats import (
     ANNOTATOR_STATS_SCHEMA,
     agreement_with_consensus,
     annotator_stats,
     compute_annotator_stats,
 )
-from sam_engine.data import rle as rle_utils
 
 H, W = 40, 50
 

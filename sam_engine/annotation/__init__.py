@@ -1,6 +1,6 @@
-"""Annotation: the session API (``session``), the web tool (``server``, ``service``, ``auth``, ``protocol``,
-``history``, ``export``, ``static/``) and the simulated workforce and quality control (``simulated``,
-``consensus``, ``queue``, ``gold``, ``stats``).
+"""Annotation: the session API (``session``) and the web tool people annotate in (``server``, ``service``,
+``auth``, ``protocol``, ``history``, ``export``, ``static/``, the ``python -m sam_engine.annotation`` CLI). The
+workforce (task queue, gold, consensus, stats, the simulated annotators) is :mod:`sam_engine.workforce`.
 
 Only the session API is imported here; the web modules (FastAPI) load when imported explicitly.
 """

@@ -182,7 +182,7 @@ def _add_annotator(args: argparse.Namespace) -> None:
 def _assign(args: argparse.Namespace) -> None:
     from sam_engine.quality.store import QualityStore
 
-    from .assign import AssignError, assign_images, register_pool
+    from ..workforce.assign import AssignError, assign_images, register_pool
 
     data_dir = Path(args.data_dir)
     store = QualityStore(args.db or data_dir / "quality.duckdb", idle_release_s=0)

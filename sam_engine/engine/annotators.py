@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..annotation.simulated import PROFILES, AnnotatorProfile
+from ..workforce.simulated import PROFILES, AnnotatorProfile
 
 PROFILE_CYCLE = ("expert", "reference", "fast", "reference", "expert", "sloppy")
 

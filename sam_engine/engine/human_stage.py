@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..annotation.consensus import ConsensusConfig, run_consensus
-from ..annotation.gold import GoldStandard, annotator_weights
-from ..annotation.queue import QueueConfig, create_stage_tasks
 from ..annotation.session import SegmentationService
-from ..annotation.simulated import SimulatedAnnotator, SimulatedReviewer
 from ..data.corpus import ImageRecord
 from ..model_store import ModelRef
 from ..parallel import fork_map
+from ..workforce.consensus import ConsensusConfig, run_consensus
+from ..workforce.gold import GoldStandard, annotator_weights
+from ..workforce.queue import QueueConfig, create_stage_tasks
+from ..workforce.simulated import SimulatedAnnotator, SimulatedReviewer
 from .annotators import ensure_annotators
 from .models import version_predictor
 from .workspace import Workspace

@@ -267,7 +267,7 @@ def engine_verdicts(
     drift: dict | None,
 ) -> list[checks.Verdict]:
     """Every check the engine's assets run, recomputed from their outputs by the same functions."""
-    from ..annotation.stats import ANNOTATOR_STATS_SCHEMA
+    from ..workforce.stats import ANNOTATOR_STATS_SCHEMA
 
     s = ws.cfg.stages
     out = [checks.schema("quality_schema", "quality_by_stage", *validate_stage_table(stages))]

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..annotation.consensus import resolved_masks
 from ..data import rle as rle_utils
 from ..data.corpus import MaskCorpus
+from ..workforce.consensus import resolved_masks
 from .workspace import Workspace
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Annotator effort per model: a simulated annotator's clicks, manual fixes and mask quality on gold objects.
 
-:func:`measure_effort` runs :meth:`~sam_engine.annotation.simulated.ClickWorker.segment_object` (the click loop
+:func:`measure_effort` runs :meth:`~sam_engine.workforce.simulated.ClickWorker.segment_object` (the click loop
 the engine's simulated annotators use) through a real :class:`~sam_engine.annotation.session.AnnotationSession`
 of a :class:`~sam_engine.annotation.session.SegmentationService` on a seeded sample of objects, one row each:
 
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..annotation.session import SegmentationService
-from ..annotation.simulated import PROFILES, AnnotatorProfile, ClickWorker, seeded_rng
-from ..annotation.timing import DEFAULT_TIME_MODEL, TimeModel
 from ..data.corpus import MaskCorpus
+from ..workforce.simulated import PROFILES, AnnotatorProfile, ClickWorker, seeded_rng
+from ..workforce.timing import DEFAULT_TIME_MODEL, TimeModel
 from .interactive import EvalObject, corpus_objects, iou
 
 _NUMERIC = ("clicks", "reached", "manual_fix", "iou", "model_iou", "seconds")

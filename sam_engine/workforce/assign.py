@@ -3,7 +3,7 @@
 ``python -m sam_engine.annotation assign --annotator NAME --images N`` registers the data folder's target
 pool in the store (when the folder has one), picks the first ``N`` pool images (by id) that no annotation task
 covers yet and gives them to ``NAME`` as pending tasks of ``--stage`` (default 1), planned by the task queue
-(:func:`~sam_engine.annotation.queue.plan_tasks`: one annotator, no overlap, no honeypots).
+(:func:`~sam_engine.workforce.queue.plan_tasks`: one annotator, no overlap, no honeypots).
 """
 
 from __future__ import annotations

@@ -365,7 +365,7 @@ class SimulatedAnnotator:
     ``service``: a :class:`~sam_engine.annotation.session.SegmentationService` (``open_session``).
     ``store``: a :class:`~sam_engine.quality.store.QualityStore`. ``ground_truth``: hidden GT per image id,
     a mapping (or callable) to RLE dicts / COCO annotations / HxW bool masks. ``gold``: a
-    :class:`~sam_engine.annotation.gold.GoldStandard`; when given, honeypot submissions are scored at once
+    :class:`~sam_engine.workforce.gold.GoldStandard`; when given, honeypot submissions are scored at once
     (the feedback lands in ``ImageWork.feedback``). The annotator treats honeypots as ordinary tasks.
     """
 

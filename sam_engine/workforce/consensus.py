@@ -7,7 +7,7 @@ new objects. One annotator contributes at most one mask per object.
 
 Merge: a pixel is in the consensus mask when the weights of the members that cover it reach
 ``vote_threshold`` (0.5) of the members' total weight; the weight of an annotator is its accuracy on gold
-honeypots (:func:`sam_engine.annotation.gold.annotator_weights`), ``default_weight`` when unknown.
+honeypots (:func:`sam_engine.workforce.gold.annotator_weights`), ``default_weight`` when unknown.
 
 Agreement of an object = mean pairwise IoU of its member masks. An object is flagged for review when its
 agreement is below ``min_agreement`` or when fewer than ``min(min_support, annotators on the image)``
@@ -187,7 +187,7 @@ def run_consensus(
 
     Reads accepted human masks, commits ``source='consensus'`` masks (``accepted``, or ``config.flag_status``
     when flagged) and, with ``create_reviews``, one review task per flagged mask. ``weights`` default to
-    the annotators' shrunk gold accuracy (:func:`~sam_engine.annotation.gold.annotator_weights`).
+    the annotators' shrunk gold accuracy (:func:`~sam_engine.workforce.gold.annotator_weights`).
     """
     config = config or ConsensusConfig()
     if weights is None:
