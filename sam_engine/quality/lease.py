@@ -68,8 +68,8 @@ class LeasedDuckDB:
 
     ``max_hold_s``: once the file has been held that long and another process asked for a turn, give it up until
     that process is in, for at most ``yield_s`` seconds (``None``: never). ``yield_s`` must exceed
-    :data:`LOCK_RETRY_CAP_S`. ``turns_given`` counts the turns given. A subclass prepares the file (schema) in
-    its ``__init__`` through :meth:`_use`, then calls :meth:`_start_reaper`.
+    :data:`LOCK_RETRY_CAP_S`. ``turns_given`` counts the turns given. A subclass prepares the file (its schema)
+    by overriding :meth:`_prepare`, which runs before the reaper starts.
     """
 
     def __init__(
@@ -106,12 +106,16 @@ class LeasedDuckDB:
         self._opened_at = time.monotonic()
         self._closed = False
         self._reaper: threading.Thread | None = None
-
-    def _start_reaper(self) -> None:
-        """Start the background thread that releases an idle file and gives turns (when either is configured)."""
-        if (self.idle_release_s is not None and self.idle_release_s > 0) or self.max_hold_s is not None:
+        self._prepare()
+        # the background thread that releases an idle file and gives turns (when either is configured)
+        if (idle_release_s is not None and idle_release_s > 0) or max_hold_s is not None:
             self._reaper = threading.Thread(target=self._reap, name="duckdb-lease-reaper", daemon=True)
             self._reaper.start()
+
+    def _prepare(self) -> None:
+        """Get the file ready before first use; here: a writable file's folder exists."""
+        if not self.read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------ connection handling
     def _open(self) -> duckdb.DuckDBPyConnection:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .gold_scores import GoldScores
-from .lease import DEFAULT_YIELD_S, READ_BURST_S, READ_IDLE_RELEASE_S
+from .lease import READ_BURST_S, READ_IDLE_RELEASE_S
 from .masks import MaskRecords
 from .migrations import check_version, db_version, migrate
 from .tasks import TaskQueue
@@ -48,25 +48,9 @@ class QualityStore(Catalog, TaskQueue, MaskRecords, GoldScores):
     """DuckDB store of the annotation engine; see the module docstring for the contract, and
     :class:`~sam_engine.quality.lease.LeasedDuckDB` for how it holds and shares the file."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        read_only: bool = False,
-        *,
-        idle_release_s: float | None = None,
-        lock_timeout_s: float = 30.0,
-        max_hold_s: float | None = None,
-        yield_s: float = DEFAULT_YIELD_S,
-    ) -> None:
-        super().__init__(
-            path,
-            read_only,
-            idle_release_s=idle_release_s,
-            lock_timeout_s=lock_timeout_s,
-            max_hold_s=max_hold_s,
-            yield_s=yield_s,
-        )
-        if read_only:
+    def _prepare(self) -> None:
+        """A writable file is migrated to the newest schema; a read-only one must exist at this code's version."""
+        if self.read_only:
             if not self.path.exists():
                 raise FileNotFoundError(
                     f"{self.path}: quality store does not exist (open it for writing once)"
@@ -74,10 +58,9 @@ class QualityStore(Catalog, TaskQueue, MaskRecords, GoldScores):
             with self._use() as conn:
                 check_version(conn, self.path)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            super()._prepare()
             with self._use() as conn:
                 migrate(conn, self.path)
-        self._start_reaper()
 
     @property
     def schema_version(self) -> int:
