@@ -13,11 +13,7 @@ def verified_mask_counts(store: QualityStore, gold_ids: set[int] | frozenset = f
     df = df[df["source"].isin(["human", "consensus", "review", "model"])]
     if not len(df):
         return {1: 0, 2: 0}
-    reviewed: set[int] = set()
-    try:
-        reviewed = store.reviewed_mask_ids()
-    except Exception:  # noqa: BLE001 - an older store without events counts human masks only
-        pass
+    reviewed = store.reviewed_mask_ids()  # the store migrates to (or requires) the schema with events
     model_reviewed = df[(df["source"] == "model") & df["mask_id"].isin(list(reviewed))]
     people = df[df["source"].isin(["human", "consensus", "review"]) & ~df["image_id"].isin(list(gold_ids))]
     return {
