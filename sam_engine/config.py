@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,6 +79,20 @@ class TrainSection(_Section):
     # people's masks fell to 0.751 (beyond noise; 0.768 on the people's masks alone, 0.760 on its masks at
     # stage 2's accept cut, 0.941 precise). The 874 steps this setting gives v3 were not measured.
     finetune_epochs: float | None = Field(None, gt=0)
+    # The fine-tune time split between versions: each version's steps are finetune_steps times its factor here
+    # (1 for a version not named). v1 learns stage 1's 50 images in few steps; v2's 187 images need more. On
+    # run U's data (seed 0), v1 after 50 steps reached gold mIoU@1 0.739 (100 steps: 0.751) and v2 after 250
+    # steps from it 0.763, +0.025 over that v1 (z 2.8) and NoC@90 -0.089, both beyond noise; 100-step v2s gain
+    # +0.003 on average over four seeds. The split costs about 1.5 more minutes than 100 steps each.
+    finetune_step_scale: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"model_v1": 0.5, "model_v2": 2.5}
+    )
+    # WiSE-FT: a version's exported weights are start + alpha x (trained - start); 1 keeps the fine-tune as
+    # trained. v3 learns from v2's own stage-3 masks, whose errors are v2's: from that 250-step v2, v3 after
+    # 100 steps fell 0.010 below it (z -1.3), and its halfway blend with v2 scored +0.002 (NoC@90 -0.036).
+    finetune_wise_ft_alpha: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"model_v3": 0.5}
+    )
     # v2 learns from the masks people made in stages 1-2, not from stage 2's accepted model proposals: on run
     # C's data (v1 at gold mIoU@1 0.697), v2 fine-tuned with the proposals reached 0.667 (from v1) and 0.660
     # (from v0), without them 0.706; on run U's data (v1 at 0.750, seed 0) 0.746 with them, 0.759 without.

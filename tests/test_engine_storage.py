@@ -391,7 +391,8 @@ def test_train_version_takes_the_distributed_path_when_settings_say_so(tmp_path,
 
     child, _ = train_version(ws, "model_v1", _corpus(), ref)  # a fine-tune starts from the parent's file
     assert calls[-1][0] == "distributed" and calls[-1][1] == ref.checkpoint
-    assert calls[-1][3]["max_steps"] == cfg.train.finetune_steps and child.parent == "model_v0"
+    # v1's steps: smoke's 5 fine-tune steps x v1's step scale 0.5, rounded up
+    assert calls[-1][3]["max_steps"] == 3 and child.parent == "model_v0"
     _, again_child = train_version(ws, "model_v1", _corpus(), ref)
     assert not again_child
 
@@ -432,16 +433,16 @@ def test_finetune_epochs_scale_a_finetune_with_its_images(tmp_path, monkeypatch)
 
     epochs = cfg.train.model_copy(update={"finetune_epochs": 3.0})
     ws_epochs = Workspace(cfg.model_copy(update={"train": epochs}))
-    train_version(ws_epochs, "model_v1", _images_corpus(2), v0)  # 3 x 2 / 4 rounds up to 2: the floor holds
+    train_version(ws_epochs, "model_v3", _images_corpus(2), v0)  # 3 x 2 / 4 rounds up to 2: the floor holds
     assert calls[-1][3]["max_steps"] == 5
     train_version(ws_epochs, "model_v2", _images_corpus(30), v0)  # 3 x 30 / 4 = 22.5: 23 steps
     assert calls[-1][3]["max_steps"] == 23
     _, again = train_version(ws_epochs, "model_v2", _images_corpus(30), v0)
     assert not again
 
-    # the same data without epochs is another recipe: trained again, with the fixed steps
+    # the same data without epochs is another recipe: trained again, with v2's fixed steps (5 x 2.5, up)
     _, trained = train_version(ws, "model_v2", _images_corpus(30), v0)
-    assert trained and calls[-1][3]["max_steps"] == 5
+    assert trained and calls[-1][3]["max_steps"] == 13
     with pytest.raises(ValueError, match="finetune_epochs"):
         load_config("smoke", {"train": {"finetune_epochs": 0}})
 
@@ -467,3 +468,25 @@ def test_models_url_publishes_and_loads_back(tmp_path, monkeypatch, mem):
     want = ws.load_model(ref).state_dict()
     got = other.load_model(moved).state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_each_version_gets_its_share_of_steps_and_its_wise_ft_alpha(tmp_path, monkeypatch):
+    from sam_engine.engine.models import train_version
+
+    calls: list = []
+    _fake_trainers(monkeypatch, calls)
+    train = {
+        "finetune_steps": 10,
+        "finetune_step_scale": {"model_v1": 0.5, "model_v2": 2.5},
+        "finetune_wise_ft_alpha": {"model_v3": 0.25},
+    }
+    ws = Workspace(load_config("smoke", {"data_dir": str(tmp_path), "train": train}))
+    v0, _ = train_version(ws, "model_v0", _corpus(), None)
+    assert calls[-1][3]["wise_ft_alpha"] == 1.0  # from scratch: nothing to blend with
+    seen = {}
+    for name in ("model_v1", "model_v2", "model_v3"):
+        train_version(ws, name, _corpus(), v0)
+        seen[name] = (calls[-1][3]["max_steps"], calls[-1][3]["wise_ft_alpha"])
+    assert seen == {"model_v1": (5, 1.0), "model_v2": (25, 1.0), "model_v3": (10, 0.25)}
+    with pytest.raises(ValueError, match="finetune_step_scale"):
+        load_config("smoke", {"data_dir": str(tmp_path), "train": {"finetune_step_scale": {"model_v2": 0}}})

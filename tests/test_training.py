@@ -554,3 +554,26 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_a):
     state = torch.load(result.lightning_checkpoint, map_location="cpu", weights_only=False)
     assert state["global_step"] == killed_at + 3
     assert state["optimizer_states"] and state["lr_schedulers"]
+
+
+def test_wise_ft_blends_float_weights_and_keeps_step_counts():
+    from sam_engine.training.train import wise_ft
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.add_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    wise_ft(model, start, 0.25)
+    state = model.state_dict()
+    for key in ("0.weight", "0.bias", "1.weight", "1.running_mean"):
+        assert torch.allclose(state[key], start[key] + 0.25 * (trained[key] - start[key]))
+    assert int(state["1.num_batches_tracked"]) == 7  # an integer buffer stays as trained
+    with pytest.raises(ValueError, match="wise_ft_alpha"):
+        wise_ft(model, start, 1.5)
+    with pytest.raises(ValueError, match="start's parameters"):
+        wise_ft(model, {k: v for k, v in start.items() if k != "0.bias"}, 0.5)

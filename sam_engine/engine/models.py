@@ -50,12 +50,14 @@ def _stored_with_key(ws: Workspace, name: str, key: str) -> ModelRef | None:
     return existing if existing.data.get("train_key") == key else None
 
 
-def finetune_steps(train: TrainSection, images: int) -> int:
-    """Steps of a fine-tune on ``images`` images: ``train.finetune_steps``, or with ``train.finetune_epochs`` set
-    enough steps for that many passes over the images, never fewer."""
+def finetune_steps(train: TrainSection, images: int, name: str | None = None) -> int:
+    """Steps of version ``name``'s fine-tune on ``images`` images: ``train.finetune_steps`` times the version's
+    ``finetune_step_scale`` (at least 1), or with ``train.finetune_epochs`` set enough steps for that many passes
+    over the images, never fewer."""
+    steps = max(1, math.ceil(round(train.finetune_steps * train.finetune_step_scale.get(name or "", 1.0), 6)))
     if train.finetune_epochs is None:
-        return train.finetune_steps
-    return max(train.finetune_steps, math.ceil(train.finetune_epochs * images / train.batch_size))
+        return steps
+    return max(steps, math.ceil(train.finetune_epochs * images / train.batch_size))
 
 
 def train_version(
@@ -110,7 +112,8 @@ def train_version(
     settings = distributed.scale_settings(cfg)
     start = str(ws.checkpoint(parent)) if parent else cfg.model.name
     common = {
-        "max_steps": finetune_steps(t, len(corpus.images)) if finetune else t.max_steps,
+        "max_steps": finetune_steps(t, len(corpus.images), name) if finetune else t.max_steps,
+        "wise_ft_alpha": t.finetune_wise_ft_alpha.get(name, 1.0) if finetune else 1.0,
         "batch_size": t.batch_size,
         "lr": t.finetune_lr if finetune else t.lr,
         "seed": cfg.seed,

@@ -36,7 +36,7 @@ from ..device import resolve_device  # noqa: F401  (re-exported)
 from ..io import atomic_write_json
 from .datamodule import MaskDataModule
 from .module import SamModule
-from .train import _load_start
+from .train import _load_start, wise_ft
 
 MODEL_FILE = "model.pt"
 STRATEGIES = ("auto", "single", "ddp", "ddp_spawn", "ddp_fork")
@@ -149,6 +149,7 @@ def train_distributed(
     attention_init_both: bool = True,
     seed: int = 0,
     num_workers: int = 0,
+    wise_ft_alpha: float = 1.0,
     progress_bar: bool = False,
 ) -> DistributedTrainResult:
     """Train (or fine-tune) on ``settings`` (default: ``ddp_spawn`` on 2 CPU processes) and export
@@ -213,12 +214,16 @@ def train_distributed(
     if trainer.is_global_zero:
         from ..model.checkpoint import save_checkpoint
 
+        if start_state is not None and wise_ft_alpha != 1.0:
+            wise_ft(module.model, start_state, wise_ft_alpha)
+
         meta = {
             "steps": steps,
             "start": start_desc,
             "seed": seed,
             "world_size": int(trainer.world_size),
             "strategy": settings.strategy,
+            "wise_ft_alpha": wise_ft_alpha,
             "metrics": metrics,
         }
         save_checkpoint(module.model.cpu(), exported, metadata=meta)

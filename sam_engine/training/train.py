@@ -85,6 +85,21 @@ def _load_start(
     return model.config.to_dict(), model.state_dict(), str(path)
 
 
+def wise_ft(model: torch.nn.Module, start_state: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT (Wortsman et al., 2022): set ``model``'s floating-point weights and buffers to
+    ``start + alpha * (trained - start)`` in place; integer buffers (BatchNorm's step counts) stay as trained."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"wise_ft_alpha must lie in [0, 1], got {alpha}")
+    state = model.state_dict()
+    missing = sorted(set(state) ^ set(start_state))
+    if missing:
+        raise ValueError(f"WiSE-FT needs the start's parameters; these differ: {missing[:5]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            if value.is_floating_point():
+                value.copy_(torch.lerp(start_state[key].to(value), value, alpha))
+
+
 def _export(model: torch.nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     from ..model.checkpoint import save_checkpoint
 
@@ -177,6 +192,7 @@ def train_model(
     accelerator: str = "auto",
     precision: str = "32-true",
     gradient_clip_val: float | None = 1.0,
+    wise_ft_alpha: float = 1.0,
     progress_bar: bool = True,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
@@ -261,6 +277,7 @@ def train_model(
             "warmup_steps": warmup_steps,
             "decay_at": list(decay_at),
             "seed": seed,
+            "wise_ft_alpha": wise_ft_alpha,
             "train_images": len(dm.train_set),
             "val_objects": sum(len(g) for g in dm.val_groups),
             "corpus_source": corpus.source,
@@ -302,7 +319,9 @@ def train_model(
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume_step is not None else None)
     train_seconds = time.perf_counter() - t0
-    trainer.save_checkpoint(str(last))
+    trainer.save_checkpoint(str(last))  # as trained: a resumed run goes on from here, and blends again
+    if start_state is not None and wise_ft_alpha != 1.0:
+        wise_ft(module.model, start_state, wise_ft_alpha)
 
     metrics, samples = final_evaluation(module.model, dm, final_eval_clicks, zoom=zoom_eval)
     metrics.update(
@@ -318,7 +337,13 @@ def train_model(
     _export(
         module.model.cpu(),
         exported,
-        {"steps": trainer.global_step, "start": start_desc, "metrics": metrics, "seed": seed},
+        {
+            "steps": trainer.global_step,
+            "start": start_desc,
+            "metrics": metrics,
+            "seed": seed,
+            "wise_ft_alpha": wise_ft_alpha,
+        },
     )
     atomic_write_json(out / "metrics.json", metrics, indent=2)
 
