@@ -391,8 +391,8 @@ def test_train_version_takes_the_distributed_path_when_settings_say_so(tmp_path,
 
     child, _ = train_version(ws, "model_v1", _corpus(), ref)  # a fine-tune starts from the parent's file
     assert calls[-1][0] == "distributed" and calls[-1][1] == ref.checkpoint
-    # v1's steps: smoke's 5 fine-tune steps x v1's step scale 0.5, rounded up
-    assert calls[-1][3]["max_steps"] == 3 and child.parent == "model_v0"
+    # v1's steps: smoke's 5 fine-tune steps x v1's step scale 0.75, rounded up
+    assert calls[-1][3]["max_steps"] == 4 and child.parent == "model_v0"
     _, again_child = train_version(ws, "model_v1", _corpus(), ref)
     assert not again_child
 
@@ -440,9 +440,9 @@ def test_finetune_epochs_scale_a_finetune_with_its_images(tmp_path, monkeypatch)
     _, again = train_version(ws_epochs, "model_v2", _images_corpus(30), v0)
     assert not again
 
-    # the same data without epochs is another recipe: trained again, with v2's fixed steps (5 x 2.5, up)
+    # the same data without epochs is another recipe: trained again, with v2's fixed steps (5 x 2.25, up)
     _, trained = train_version(ws, "model_v2", _images_corpus(30), v0)
-    assert trained and calls[-1][3]["max_steps"] == 13
+    assert trained and calls[-1][3]["max_steps"] == 12
     with pytest.raises(ValueError, match="finetune_epochs"):
         load_config("smoke", {"train": {"finetune_epochs": 0}})
 
