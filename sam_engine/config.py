@@ -85,13 +85,16 @@ class TrainSection(_Section):
     # steps scored gold mIoU@1 0.739 / 0.725 / 0.751, and v2 after 250 steps from the 50- and 75-step v1s
     # 0.763 (+0.025, z 2.8) and 0.765 (+0.040, z 4.4), NoC@90 -0.089 both, beyond noise; 100-step v2s gain
     # +0.003 on average over four seeds. Stage 2 auto-accepts on v1's calibration: the 50-step v1 kept 2.5
-    # masks per gold image at its accept cut, the 75-step one 4.3 (the 100-step one 4.3).
+    # masks per gold image at its accept cut, the 75-step one 4.3 (the 100-step one 4.3). In make run (seed 0)
+    # the 75/225 split gave v1 / v2 0.730 / 0.752 (+0.022 beyond noise) and stage 2 auto-accepted 0.276 of
+    # its masks; 100/100 gave 0.750 / 0.758 (+0.009, within noise) and 0.300.
     finetune_step_scale: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"model_v1": 0.75, "model_v2": 2.25}
     )
     # WiSE-FT: a version's exported weights are start + alpha x (trained - start); 1 keeps the fine-tune as
-    # trained. v3 learns from v2's own stage-3 masks, whose errors are v2's: from that 250-step v2, v3 after
-    # 100 steps fell 0.010 below it (z -1.3), and its halfway blend with v2 scored +0.002 (NoC@90 -0.036).
+    # trained. v3 learns from v2's own stage-3 masks, whose errors are v2's: on run U's data, from the 250-step
+    # v2 above (50-step v1), v3 after 100 steps fell 0.010 below it (z -1.3) and its halfway blend with v2
+    # scored +0.002 (NoC@90 -0.036); 50 steps gave -0.007, blended -0.004. make run's v3: +0.008 over v2.
     finetune_wise_ft_alpha: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {"model_v3": 0.5}
     )
