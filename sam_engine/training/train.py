@@ -91,9 +91,9 @@ def wise_ft(model: torch.nn.Module, start_state: dict[str, torch.Tensor], alpha:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"wise_ft_alpha must lie in [0, 1], got {alpha}")
     state = model.state_dict()
-    missing = sorted(set(state) ^ set(start_state))
-    if missing:
-        raise ValueError(f"WiSE-FT needs the start's parameters; these differ: {missing[:5]}")
+    differ = sorted(set(state) ^ set(start_state))
+    if differ:
+        raise ValueError(f"WiSE-FT needs the start's parameters; these differ: {differ[:5]}")
     with torch.no_grad():
         for key, value in state.items():
             if value.is_floating_point():
