@@ -125,8 +125,10 @@ def test_the_quality_model_learns_which_candidates_are_right_and_its_cut_carries
         return x, right
 
     x, y = draw(3000)
-    model = QualityModel.fit(x, y)
-    assert model.features == FEATURES
+    model = QualityModel.fit(x, y, features=FEATURES[:6])
+    assert model.features == FEATURES[:6]
+    with pytest.raises(ValueError, match="6 feature columns for 10 names"):
+        QualityModel.fit(x, y)
     # agreement, stability and contrast raise the quality
     assert model.weights[2] > 0 and model.weights[1] > 0 and model.weights[5] > 0
     again = QualityModel.from_dict(model.as_dict())
@@ -163,9 +165,19 @@ def test_a_stored_quality_model_scores_records_on_its_own_features():
             "edge_contrast": 0.1,
         },
     ]
-    contrast_only = QualityModel((0.0,) * 5 + (2.0,), 0.0, (0.0,) * 6, (1.0,) * 6)
+    contrast_only = QualityModel((0.0,) * 5 + (2.0,), 0.0, (0.0,) * 6, (1.0,) * 6, FEATURES[:6])
     high, low = contrast_only.score_records(records, 64 * 64)
     assert high > 0.9 > 0.2 > low
+    # a model on every feature reads the shape: a mask in pieces scores lower than the same mask whole;
+    # a record without shape measurements is taken as one solid piece
+    pieces = [{**records[0], "components": 4.0, "main_component_share": 0.4}, records[0]]
+    weights = (0.0,) * 6 + (-2.0, 2.0, 0.0, 0.0)
+    shaped = QualityModel(weights, 0.0, (0.0,) * 10, (1.0,) * 10)
+    in_pieces, whole = shaped.score_records(pieces, 64 * 64)
+    assert in_pieces < 0.2 < whole
+    assert (
+        whole == shaped.score_records([{**records[0], "components": 1, "main_component_share": 1}], 64**2)[0]
+    )
     # an evaluation stored before edge contrast existed has five weights and no feature list: it still
     # scores, on the five features it was fitted on (the contrast does not move it)
     old = {"weights": [0.0, 0.0, 3.0, 0.0, 0.0], "bias": [0.0], "mean": [0.0] * 5, "std": [1.0] * 5}
@@ -175,5 +187,5 @@ def test_a_stored_quality_model_scores_records_on_its_own_features():
     assert a == b > 0.9
     with pytest.raises(ValueError, match="4 weights"):
         QualityModel.from_dict({**old, "weights": [0.0] * 4})
-    with pytest.raises(ValueError, match="5 feature columns for 6 names"):
+    with pytest.raises(ValueError, match="5 feature columns for 10 names"):
         QualityModel.fit(np.zeros((10, 5)), np.arange(10) % 2 == 0)

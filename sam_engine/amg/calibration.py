@@ -8,7 +8,8 @@ with any gold mask: whole, part or subpart). Then, as Platt scaling calibrates a
 
 - a :class:`QualityModel` (logistic regression) learns the probability that a candidate is right (IoU above
   ``match_iou``) from what the generator knows about it: the predicted IoU, the stability score, how well the
-  mask agrees with the image's regions (:mod:`sam_engine.snap`) and its size;
+  mask agrees with the image's regions (:mod:`sam_engine.snap`), its size, the colour contrast across its
+  outline (:mod:`.contrast`) and its shape (pieces, holes, ragged outline; :mod:`.shape`);
 - :func:`choose_threshold` picks, for each target precision, the lowest probability cut whose kept candidates
   are right at least that often (keeping the most right ones).
 
@@ -37,6 +38,10 @@ FEATURES = (
     "log_area",
     "log_area_squared",
     "log_edge_contrast",
+    "log_components",
+    "main_component_share",
+    "hole_share",
+    "outline_ratio",
 )
 # what a stored quality model without a feature list was fitted on (evaluations made before edge contrast)
 _FEATURES_BEFORE_CONTRAST = FEATURES[:5]
@@ -64,9 +69,11 @@ def record_features(
 ) -> np.ndarray:
     """The named ``features`` (default :data:`FEATURES`) of generated records: (N, len(features)). The size
     enters as log area fraction and its square, since both very small masks (specks) and very large ones
-    (background) are rarely objects; the colour contrast across the outline (:mod:`.contrast`) as its log.
-    A record without ``region_agreement`` or ``edge_contrast`` (no snapping; an older generator) gets 1 for
-    each, the same for every record, so the feature then tells the model nothing."""
+    (background) are rarely objects; the colour contrast across the outline (:mod:`.contrast`) as its log;
+    the pieces (as log(1 + n)), the main piece's share, holes and outline length of :mod:`.shape`.
+    A record without these measurements (no snapping; an older generator) gets the same value for every
+    record (1 for ``region_agreement``, ``edge_contrast``, ``components`` and ``main_component_share``, 0
+    for the others), so the feature then tells the model nothing."""
     rows = []
     for r in records:
         log_area = float(np.log(max(1, r["area"]) / max(1, image_area)))
@@ -77,6 +84,10 @@ def record_features(
             "log_area": log_area,
             "log_area_squared": log_area**2,
             "log_edge_contrast": float(np.log(r.get("edge_contrast", 1.0) + 0.05)),
+            "log_components": float(np.log1p(r.get("components", 1.0))),
+            "main_component_share": r.get("main_component_share", 1.0),
+            "hole_share": r.get("hole_share", 0.0),
+            "outline_ratio": r.get("outline_ratio", 0.0),
         }
         rows.append(tuple(values[f] for f in features))
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(features))

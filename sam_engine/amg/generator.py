@@ -343,13 +343,14 @@ class AutomaticMaskGenerator:
 
 def _refined(found: _Masks, image: np.ndarray, p: AmgParams) -> tuple[_Masks, dict[str, np.ndarray]]:
     """Snap the masks to the image's regions (``snap_scale``; :mod:`sam_engine.snap`), measure how their
-    outlines stand out (:mod:`.contrast`), score them with the calibrated quality model (``quality_model``;
+    outlines stand out (:mod:`.contrast`) and their shapes (:mod:`.shape`), score them with the calibrated quality model (``quality_model``;
     :mod:`.calibration`) and drop those under ``quality_thresh``, then box NMS again, ranked by quality
     (else predicted IoU): snapping can make two masks the same. Returns the masks and per-mask
-    ``edge_contrast``, ``region_agreement`` (IoU of a mask with its snapped self; when snapping) and
-    ``quality`` (with a quality model)."""
+    ``edge_contrast``, the :data:`~.shape.SHAPE_KEYS`, ``region_agreement`` (IoU of a mask with its snapped
+    self; when snapping) and ``quality`` (with a quality model)."""
     from .calibration import QualityModel
     from .contrast import edge_contrast
+    from .shape import SHAPE_KEYS, shape_features
 
     extra: dict[str, np.ndarray] = {}
     masks = rle_utils.decode_batch(found.rles)
@@ -368,6 +369,7 @@ def _refined(found: _Masks, image: np.ndarray, p: AmgParams) -> tuple[_Masks, di
         masks = snapped
     areas = masks.reshape(len(masks), -1).sum(1)
     extra["edge_contrast"] = edge_contrast(image, masks)
+    extra.update(shape_features(masks))
     keep = np.asarray(areas) > 0
     rank = found.iou.numpy().astype(np.float64)
     if p.quality_model is not None:
@@ -378,14 +380,17 @@ def _refined(found: _Masks, image: np.ndarray, p: AmgParams) -> tuple[_Masks, di
                 "region_agreement": a,
                 "edge_contrast": c,
                 "area": int(n),
+                **{key: float(extra[key][k]) for key in SHAPE_KEYS},
             }
-            for i, s, a, c, n in zip(
-                found.iou.tolist(),
-                found.stability.tolist(),
-                extra.get("region_agreement", np.ones(len(found))),
-                extra["edge_contrast"],
-                areas,
-                strict=True,
+            for k, (i, s, a, c, n) in enumerate(
+                zip(
+                    found.iou.tolist(),
+                    found.stability.tolist(),
+                    extra.get("region_agreement", np.ones(len(found))),
+                    extra["edge_contrast"],
+                    areas,
+                    strict=True,
+                )
             )
         ]
         model = QualityModel.from_dict(p.quality_model)
