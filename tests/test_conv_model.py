@@ -159,6 +159,28 @@ def test_decode_where_matches_decode_with_the_refiner():
     torch.testing.assert_close(some, full[rows], atol=1e-5, rtol=1e-4)
 
 
+def test_inference_decodes_channels_last_to_the_masks_training_computes():
+    """In eval mode the decoder's upscaling and click refiner run channels-last (faster convolutions on a
+    CPU); the masks and IoUs equal those of training mode's layout, clicks, fed-back mask and all."""
+    model = build_sam(SMALL_CONV, seed=3).train()
+    s, lr = SMALL_CONV.img_size, SMALL_CONV.low_res_size
+    emb = model.image_encoder(torch.rand(1, 3, s, s) * 255).detach()
+    coords = torch.rand(5, 2, 2) * s
+    labels = torch.tensor([[1, 0], [1, 1], [1, -1], [0, 1], [1, 0]])
+    mask_in = torch.randn(5, 1, lr, lr)
+    seen = []
+    hook = model.mask_decoder.refiner.conv1.register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    with torch.no_grad():  # training's ungraded click rounds: train mode without gradients
+        trained_logits, trained_iou = model.decode(emb, coords, labels, mask_input=mask_in)
+        logits, iou = model.eval().decode(emb, coords, labels, mask_input=mask_in)
+    hook.remove()
+    assert seen == [False, True]
+    torch.testing.assert_close(logits, trained_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(iou, trained_iou)
+
+
 def test_region_depth_is_the_click_protocols_distance():
     from sam_engine.evaluation.clicks import next_click, padded_distance
 

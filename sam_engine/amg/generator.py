@@ -95,17 +95,18 @@ class _Masks:
 
 
 class _Canvas:
-    """An image-size (k, W, H) stack for one inner crop's masks, zeroed once: every batch of the crop writes
-    the same region, so the rest stays zero (no zero fill of a whole image per batch)."""
+    """An image-size (k, W, H) stack for one inner crop's masks, zeroed once and grown only when a batch has
+    more masks: every batch of the crop writes the same region, so the rest stays zero (no zero fill of a
+    whole image per batch)."""
 
-    def __init__(self, image_size: tuple[int, int], capacity: int) -> None:
-        self.size, self.capacity = image_size, capacity
+    def __init__(self, image_size: tuple[int, int]) -> None:
+        self.size = image_size
         self.stack: torch.Tensor | None = None
 
     def take(self, k: int) -> torch.Tensor:
         if self.stack is None or len(self.stack) < k:
             height, width = self.size
-            self.stack = torch.zeros(max(k, self.capacity), width, height, dtype=torch.bool)
+            self.stack = torch.zeros(k, width, height, dtype=torch.bool)
         return self.stack[:k]
 
 
@@ -196,7 +197,7 @@ class AutomaticMaskGenerator:
             self.transform.apply_coords(points, crop_size), device=embedding.device
         )
         parts = []
-        canvas = _Canvas(image_size, 3 * p.points_per_batch)
+        canvas = _Canvas(image_size)
         for start in range(0, len(points), p.points_per_batch):
             stop = start + p.points_per_batch
             parts.append(
